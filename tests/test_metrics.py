@@ -1,0 +1,95 @@
+"""Metrics against an independent per-pixel NumPy reference (no confusion matrix)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segjax import metrics
+
+
+def reference(labels, preds, num_classes, ignore=255):
+  """Per-class counts straight from pixel sets, mmsegmentation conventions."""
+  valid = labels != ignore
+  lab, prd = labels[valid], preds[valid]
+  iou, acc, dice = [], [], []
+  for c in range(num_classes):
+    inter = np.sum((lab == c) & (prd == c))
+    union = np.sum((lab == c) | (prd == c))
+    gt = np.sum(lab == c)
+    pr = np.sum(prd == c)
+    iou.append(inter / union if union else np.nan)
+    acc.append(inter / gt if gt else np.nan)
+    dice.append(2 * inter / (gt + pr) if gt + pr else np.nan)
+  iou, acc, dice = map(np.array, (iou, acc, dice))
+  freq = np.array([np.sum(lab == c) for c in range(num_classes)]) / lab.size
+  return {
+      'aAcc': np.mean(lab == prd), 'mIoU': np.nanmean(iou), 'mAcc': np.nanmean(acc),
+      'mDice': np.nanmean(dice), 'fwIoU': np.nansum(freq * np.nan_to_num(iou)),
+      'IoU': iou, 'Acc': acc, 'Dice': dice,
+  }
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_random_with_ignore_matches_reference(seed):
+  rng = np.random.default_rng(seed)
+  c = 5
+  labels = rng.integers(0, c, size=(3, 17, 23))
+  labels[rng.random(labels.shape) < 0.2] = 255
+  labels[labels == 4] = 255  # Class 4 never in ground truth...
+  preds = rng.integers(0, c, size=labels.shape)
+  preds[preds == 3] = 2  # ...and class 3 never predicted.
+  cm = np.asarray(jax.jit(metrics.confusion_matrix, static_argnums=2)(
+      jnp.asarray(labels), jnp.asarray(preds), c))
+  got = metrics.compute_metrics(cm)
+  want = reference(labels, preds, c)
+  for k in ('aAcc', 'mIoU', 'mAcc', 'mDice', 'fwIoU'):
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-12, err_msg=k)
+  for k in ('IoU', 'Acc', 'Dice'):
+    np.testing.assert_allclose(list(got[k].values()), want[k], rtol=1e-12, err_msg=k)
+  assert np.isnan(got['Acc']['class_4'])  # Absent from ground truth.
+  assert got['IoU']['class_4'] == 0.0     # ...but predicted: IoU 0, counted.
+  assert cm.sum() == np.sum(labels != 255)
+
+
+def test_hand_computed_case():
+  labels = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+  preds = np.array([[0, 1, 1, 1], [2, 0, 2, 1]])
+  cm = np.asarray(metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), 3))
+  np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 3, 0], [1, 0, 1]])
+  m = metrics.compute_metrics(cm, ['a', 'b', 'c'])
+  assert m['aAcc'] == pytest.approx(5 / 7)
+  assert m['IoU'] == pytest.approx({'a': 1 / 3, 'b': 3 / 4, 'c': 1 / 2})
+  assert m['mIoU'] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+  assert m['fwIoU'] == pytest.approx(2 / 7 * 1 / 3 + 3 / 7 * 3 / 4 + 2 / 7 * 1 / 2)
+  assert m['Dice']['a'] == pytest.approx(2 * 1 / (2 + 2))
+
+
+def test_perfect_and_all_ignored():
+  labels = np.array([[0, 1], [1, 255]])
+  m = metrics.compute_metrics(np.asarray(metrics.confusion_matrix(
+      jnp.asarray(labels), jnp.asarray(np.where(labels == 255, 0, labels)), 3)))
+  assert m['mIoU'] == 1.0 and m['aAcc'] == 1.0
+  assert np.isnan(m['IoU']['class_2'])  # Absent from both: excluded from the mean.
+  empty = metrics.compute_metrics(np.zeros((3, 3), np.int64))
+  assert np.isnan(empty['mIoU']) and np.isnan(empty['aAcc'])
+
+
+def test_accumulator_flushes_exactly():
+  rng = np.random.default_rng(0)
+  acc = metrics.ConfusionAccumulator(4, flush_pixels=100)  # Forces many host flushes.
+  total = np.zeros((4, 4), np.int64)
+  for _ in range(7):
+    labels = rng.integers(0, 4, size=(2, 6, 5))
+    preds = rng.integers(0, 4, size=(2, 6, 5))
+    cm = metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), 4)
+    acc.add(cm, labels.size)
+    total += np.asarray(cm)
+  np.testing.assert_array_equal(acc.result(), total)
+
+
+def test_table_names_classes():
+  cm = np.array([[3, 1], [0, 4]])
+  text = metrics.format_table(metrics.compute_metrics(cm, ['road', 'sky']))
+  assert 'road' in text and 'sky' in text and 'mIoU' in text
+  assert f'{100 * 3 / 4:6.2f}' in text  # IoU of 'road' = 3 / (4 + 3 - 3).

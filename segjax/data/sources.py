@@ -1,0 +1,291 @@
+"""Random-access data sources: synthetic shapes, image/mask folders, TFDS.
+
+Every source returns records {'image': uint8 (H, W, 3), 'label': uint8 (H, W)
+with values in [0, num_classes) or ignore_label (int32 if ignore_label > 255),
+'name': str}. Split strings take an optional integer slice: 'train[:25]',
+'train[25:]', 'val[10:20]', applied to the sorted example list.
+
+Image decoding rule (folders):
+  RGB as is; 'L' repeated to 3 channels; 16-bit and 32-bit integer grayscale
+  ('I;16*', 'I') divided by 257 after clipping to [0, 65535] (full 16-bit
+  range -> 8 bits); float 'F' multiplied by 255 if its maximum is <= 1, then
+  clipped to [0, 255]; 'P' through its palette; alpha ('RGBA', 'LA', 'PA')
+  dropped; 'CMYK', 'YCbCr' and other colour modes converted to RGB.
+Mask decoding rule (folders):
+  mask_format='index': raw values ('P' gives its palette indices, never
+  colours; 'L', 'I;16', 'I' integers; '1' gives 0/1; RGB(A) only if its three
+  channels are equal). mask_format='palette': RGB colours mapped through
+  data.palette. Then LabelMapper(spec, data.label_map) maps and validates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import re
+
+import numpy as np
+from PIL import Image
+
+from segjax.data import labels as labels_lib
+from segjax.data import synthetic
+
+MASK_EXTENSIONS = ('.png', '.bmp', '.tif', '.tiff')
+_SPLIT_RE = re.compile(r'^\s*([^\[\]]+?)\s*(?:\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\])?\s*$')
+
+
+class DataError(ValueError):
+  """A problem with the dataset's files; the message names the file(s)."""
+
+
+def label_spec(data_config) -> labels_lib.LabelSpec:
+  """The LabelSpec of a config's `data` block."""
+  return labels_lib.spec_from_config(data_config)
+
+
+def parse_split(split: str) -> tuple[str, slice]:
+  """'train[25:]' -> ('train', slice(25, None)); 'val' -> ('val', slice(None))."""
+  m = _SPLIT_RE.match(split or '')
+  if not m:
+    raise ValueError(f"split {split!r} is not of the form 'name' or 'name[start:stop]' "
+                     'with integer start/stop')
+  base, start, stop = m.groups()
+  return base, slice(int(start) if start else None, int(stop) if stop else None)
+
+
+def natural_key(text: str):
+  """Sort key treating digit runs as numbers: '2.png' < '10.png'."""
+  return [int(t) if t.isdigit() else t.lower() for t in re.split(r'(\d+)', text)]
+
+
+class Subset:
+  """A source restricted to some of its indices (e.g. a split slice)."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[self.indices[index]]
+
+  def __repr__(self) -> str:
+    return f'Subset({self.source!r}, {self.indices!r})'
+
+
+def make_source(data_config, split: str):
+  """The source for `split` of the dataset named by data_config.name."""
+  spec = label_spec(data_config)
+  mapper = labels_lib.LabelMapper(spec, data_config.label_map)
+  name = data_config.name
+  if name == 'synthetic':
+    base, sl = parse_split(split)
+    n = (data_config.synthetic_train_examples if base == 'train'
+         else data_config.synthetic_val_examples)
+    # Split name feeds the seed, so 'val' and 'test' are different images.
+    src = synthetic.SyntheticShapes(
+        int(n), size=tuple(data_config.synthetic_size), num_classes=spec.num_classes,
+        split=base, seed=0, ignore_label=spec.ignore_label)
+    if sl == slice(None):
+      return src
+    return Subset(src, range(len(src))[sl])
+  if name == 'folder':
+    return FolderSource(
+        data_config.root, split, mapper=mapper,
+        image_dir=data_config.image_dir, mask_dir=data_config.mask_dir,
+        list_file=data_config.list_file,
+        image_suffixes=tuple(data_config.image_suffixes),
+        mask_suffix=data_config.mask_suffix, mask_format=data_config.mask_format)
+  if name == 'tfds':
+    from segjax.data import tfds_source  # pylint: disable=g-import-not-at-top
+    return tfds_source.make_tfds_source(data_config, split, mapper)
+  raise ValueError(f"data.name={name!r} is not one of 'synthetic', 'folder', 'tfds'")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _open(path: Path) -> Image.Image:
+  try:
+    img = Image.open(path)
+    img.load()  # Forces a full decode here, so truncation fails now.
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(f'{path}: cannot read image ({type(e).__name__}: {e})') from None
+  return img
+
+
+def decode_image(img: Image.Image) -> np.ndarray:
+  """PIL image -> uint8 (H, W, 3) RGB, by the rule in the module docstring."""
+  mode = img.mode
+  if mode == 'RGB':
+    return np.asarray(img, np.uint8)
+  if mode in ('L', '1', 'LA', 'La'):
+    gray = np.asarray(img.getchannel(0) if mode in ('LA', 'La') else img.convert('L'))
+  elif mode.startswith('I'):  # 'I;16', 'I;16B', 'I;16L', 'I;16N', 'I'.
+    x = np.asarray(img).astype(np.int64)
+    gray = np.round(np.clip(x, 0, 65535) / 257.0).astype(np.uint8)
+  elif mode == 'F':
+    x = np.asarray(img, np.float32)
+    if x.size and np.nanmax(x) <= 1.0:
+      x = x * 255.0
+    gray = np.clip(np.round(np.nan_to_num(x)), 0, 255).astype(np.uint8)
+  else:  # 'P', 'PA', 'RGBA', 'RGBa', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV'.
+    return np.asarray(img.convert('RGB'), np.uint8)
+  return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=-1)
+
+
+def decode_mask(img: Image.Image, *, name: str, mask_format: str = 'index',
+                palette=(), ignore_label: int = 255) -> np.ndarray:
+  """PIL mask -> 2-D integer array of raw values (or class indices for palette)."""
+  mode = img.mode
+  if mask_format == 'palette':
+    rgb = np.asarray(img.convert('RGB'))
+    return labels_lib.rgb_to_index(rgb, palette, ignore_label, name=name)
+  if mask_format != 'index':
+    raise ValueError(f"data.mask_format={mask_format!r} is not 'index' or 'palette'")
+  if mode in ('P', 'L'):
+    return np.asarray(img)  # 'P' gives palette indices, not colours.
+  if mode == '1':
+    return np.asarray(img).astype(np.uint8)
+  if mode.startswith('I'):
+    return np.asarray(img).astype(np.int32)
+  if mode in ('LA', 'La', 'PA'):
+    return np.asarray(img.getchannel(0))
+  if mode in ('RGB', 'RGBA', 'RGBX'):
+    rgb = np.asarray(img)[..., :3]
+    if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+      raise DataError(
+          f'{name}: RGB mask has different values in its R, G, B channels but '
+          "data.mask_format='index'; set data.mask_format='palette' (with "
+          'data.palette) for colour-coded masks, or save masks as 8-bit index images')
+    return rgb[..., 0]
+  raise DataError(f'{name}: mask image mode {mode!r} is not supported (expected an '
+                  "integer mode 'L', 'P', 'I;16', 'I' or equal-channel RGB)")
+
+
+# --------------------------------------------------------------------------- folders
+
+
+class FolderSource:
+  """Image/mask pairs from folders or a list file, decoded lazily.
+
+  Layout (templates take '{split}', the split name without its slice):
+    * image_dir / mask_dir: folders under root; images are matched to masks by
+      file stem (mask_suffix '' = same stem with any of .png/.bmp/.tif/.tiff,
+      else stem + mask_suffix, e.g. '_mask.png').
+    * list_file (takes precedence when set): a file under root with
+      '<image> <mask>' per line, paths relative to root; blank lines and lines
+      starting with '#' are skipped.
+  Pairs are naturally sorted by image path before the split slice applies.
+  """
+
+  def __init__(self, root, split: str, *, mapper: labels_lib.LabelMapper,
+               image_dir: str = '{split}', mask_dir: str = '{split}annot',
+               list_file: str = '', image_suffixes=('.png', '.jpg', '.jpeg', '.bmp',
+                                                    '.tif', '.tiff'),
+               mask_suffix: str = '', mask_format: str = 'index'):
+    self.split = split
+    self.mapper = mapper
+    self.mask_format = mask_format
+    spec = mapper.spec
+    if mask_format not in ('index', 'palette'):
+      raise ValueError(f"data.mask_format={mask_format!r} is not 'index' or 'palette'")
+    if mask_format == 'palette' and not spec.palette:
+      raise ValueError("data.mask_format='palette' needs data.palette (one RGB colour "
+                       'per class)')
+    if not str(root):
+      raise DataError('data.root is empty; set it to the dataset folder')
+    self.root = Path(os.path.abspath(root))
+    if not self.root.is_dir():
+      raise DataError(f'data.root {str(self.root)!r} does not exist or is not a folder')
+    base, sl = parse_split(split)
+    if list_file:
+      pairs, where = self._from_list(list_file.format(split=base))
+    else:
+      pairs, where = self._from_folders(image_dir.format(split=base),
+                                        mask_dir.format(split=base),
+                                        tuple(s.lower() for s in image_suffixes),
+                                        mask_suffix)
+    pairs.sort(key=lambda p: natural_key(os.path.relpath(p[0], self.root)))
+    if not pairs:
+      raise DataError(f'split {split!r}: no image/mask pairs found in {where}')
+    self.pairs = pairs[sl]
+    if not self.pairs:
+      raise DataError(f'split {split!r}: the slice selects none of the {len(pairs)} '
+                      f'examples in {where}')
+
+  def _from_folders(self, image_dir, mask_dir, suffixes, mask_suffix):
+    idir, mdir = self.root / image_dir, self.root / mask_dir
+    for d, what in ((idir, 'data.image_dir'), (mdir, 'data.mask_dir')):
+      if not d.is_dir():
+        raise DataError(f'split {self.split!r}: {what} folder {str(d)!r} does not exist')
+    same_dir = idir.resolve() == mdir.resolve()
+    pairs = []
+    for f in idir.iterdir():
+      if f.name.startswith('.') or f.suffix.lower() not in suffixes or not f.is_file():
+        continue
+      if same_dir and mask_suffix and f.name.endswith(mask_suffix):
+        continue  # Masks that live next to their images are not images.
+      if mask_suffix:
+        candidates = [mdir / (f.stem + mask_suffix)]
+      else:
+        candidates = [mdir / (f.stem + ext) for ext in MASK_EXTENSIONS]
+        if same_dir:
+          candidates = [c for c in candidates if c != f]
+      mask = next((c for c in candidates if c.is_file()), None)
+      if mask is None:
+        raise DataError(f'image {str(f)!r} has no mask: looked for '
+                        f'{[str(c) for c in candidates]}')
+      pairs.append((f, mask))
+    return pairs, f'folder {str(idir)!r}'
+
+  def _from_list(self, list_file):
+    path = self.root / list_file
+    if not path.is_file():
+      raise DataError(f'split {self.split!r}: list file {str(path)!r} does not exist')
+    root = os.path.normpath(str(self.root))
+    pairs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+      line = line.strip()
+      if not line or line.startswith('#'):
+        continue
+      parts = line.split()
+      if len(parts) != 2:
+        raise DataError(f'{path}:{lineno}: expected "<image> <mask>", got {line!r}')
+      pair = []
+      for p in parts:
+        if os.path.isabs(p) or p.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', p):
+          raise DataError(f'{path}:{lineno}: path {p!r} is absolute; list-file paths '
+                          f'must be relative to data.root ({root})')
+        full = os.path.normpath(os.path.join(root, p))
+        if os.path.commonpath([root, full]) != root:
+          raise DataError(f'{path}:{lineno}: path {p!r} escapes data.root ({root})')
+        if not os.path.isfile(full):
+          raise DataError(f'{path}:{lineno}: file {full!r} does not exist')
+        pair.append(Path(full))
+      pairs.append(tuple(pair))
+    return pairs, f'list file {str(path)!r}'
+
+  def __len__(self) -> int:
+    return len(self.pairs)
+
+  def __repr__(self) -> str:
+    return f'FolderSource(root={str(self.root)!r}, split={self.split!r}, n={len(self)})'
+
+  def __getitem__(self, index: int) -> dict:
+    image_path, mask_path = self.pairs[index]
+    img = _open(image_path)
+    mask = _open(mask_path)
+    if img.size != mask.size:
+      raise DataError(f'size mismatch: image {str(image_path)!r} is {img.size[0]}x'
+                      f'{img.size[1]} but mask {str(mask_path)!r} is {mask.size[0]}x'
+                      f'{mask.size[1]} (width x height)')
+    image = decode_image(img)
+    spec = self.mapper.spec
+    raw = decode_mask(mask, name=str(mask_path), mask_format=self.mask_format,
+                      palette=spec.palette, ignore_label=spec.ignore_label)
+    label = self.mapper(raw, name=str(mask_path))
+    name = os.path.relpath(image_path, self.root)
+    return {'image': image, 'label': label, 'name': name}

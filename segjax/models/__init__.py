@@ -1,0 +1,60 @@
+"""Segmentation models and their registry.
+
+  model = get_model('deeplabv3plus', num_classes=21, backbone='mobilenetv2')
+  variables = model.init({'params': k1, 'dropout': k2}, images, train=False)
+  logits, new_state = model.apply(variables, images, train=True,
+                                  mutable=['batch_stats'], rngs={'dropout': k3})
+
+`images` are normalised float32 (B, H, W, 3); logits are float32
+(B, H, W, num_classes) at input resolution. The encoder is the submodule
+'backbone' (params['backbone']).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+
+from segjax.models import layers
+from segjax.models.deeplabv3plus import DeepLabV3Plus
+from segjax.models.unet import UNet
+
+MODELS: dict[str, type[nn.Module]] = {
+    'deeplabv3plus': DeepLabV3Plus,
+    'unet': UNet,
+}
+
+
+def model_kwargs(name: str) -> tuple[str, ...]:
+  """The keywords model `name` accepts (its dataclass fields)."""
+  cls = MODELS[name]
+  return tuple(f.name for f in dataclasses.fields(cls)
+               if f.init and f.name not in ('parent', 'name'))
+
+
+def get_model(name: str, *, num_classes: int, backbone: str = 'mobilenetv2',
+              output_stride: int = 16, width_multiplier: float = 1.0,
+              freeze_encoder: bool = False, dtype: Any = 'float32', **kwargs) -> nn.Module:
+  """Builds model `name`; raises ValueError naming an unknown model or keyword.
+
+  `dtype` ('float32' | 'bfloat16' or a jnp dtype) is the compute dtype;
+  parameters are always float32. Model-specific keywords (bn_momentum,
+  aspp_channels, decoder_filters, ...) pass through `kwargs`.
+  """
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; known models: {sorted(MODELS)}')
+  accepted = model_kwargs(name)
+  for key in kwargs:
+    if key not in accepted:
+      raise ValueError(f'unknown keyword {key!r} for model {name!r}; accepted: '
+                       f'{sorted(accepted)}')
+  # Sequences from configs may arrive as lists; module attributes stay hashable.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  return MODELS[name](num_classes=num_classes, backbone=backbone, output_stride=output_stride,
+                      width_multiplier=width_multiplier, freeze_encoder=freeze_encoder,
+                      dtype=layers.canonical_dtype(dtype), **kwargs)
+
+
+__all__ = ['MODELS', 'DeepLabV3Plus', 'UNet', 'get_model', 'model_kwargs']

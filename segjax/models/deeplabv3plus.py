@@ -1,0 +1,127 @@
+"""DeepLabV3+ (Chen et al., 2018, "Encoder-Decoder with Atrous Separable
+Convolution for Semantic Image Segmentation")."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segjax.models import layers
+from segjax.models.backbones import mobilenet_v2
+from segjax.models.backbones import xception
+
+BACKBONES = ('mobilenetv2', 'xception65')
+
+# ASPP rates of the paper at output_stride 16 and 8; 32 continues the scaling.
+_DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+def make_backbone(name: str, *, output_stride: int, width_multiplier: float,
+                  bn_momentum: float, padding: str, depthwise_impl: str, dtype: Any,
+                  **kwargs) -> nn.Module:
+  """The encoder, always named 'backbone' (the optimizer freezes that subtree)."""
+  common = dict(output_stride=output_stride, bn_momentum=bn_momentum, padding=padding,
+                depthwise_impl=depthwise_impl, dtype=dtype, name='backbone')
+  if name == 'mobilenetv2':
+    return mobilenet_v2.MobileNetV2(width_multiplier=width_multiplier, **common, **kwargs)
+  if name == 'xception65':
+    if width_multiplier != 1.0:
+      raise ValueError(f'width_multiplier {width_multiplier!r} is not supported by '
+                       "backbone 'xception65' (only 1.0)")
+    return xception.Xception65(**common, **kwargs)
+  raise ValueError(f'unknown backbone {name!r}; known: {BACKBONES}')
+
+
+class DeepLabV3Plus(nn.Module):
+  """DeepLabV3+: backbone -> ASPP -> decoder with a stride-4 skip -> logits.
+
+  ASPP runs on the deepest feature (rates (6, 12, 18) at output_stride 16,
+  (12, 24, 36) at 8, (3, 6, 9) at 32, or `aspp_rates`); the decoder projects
+  the stride-4 feature to `low_level_channels` (1x1 conv + BN + ReLU), concats
+  it with the bilinearly upsampled ASPP output, applies two 3x3 separable convs
+  (`decoder_channels`) and a 1x1 classifier, and upsamples bilinearly to the
+  input size. Logits are float32 (B, H, W, num_classes) for any H, W.
+
+  With `freeze_encoder` the backbone runs BatchNorm on its running statistics
+  even in training (like Keras `trainable=False`) and no gradient flows into it.
+  Head BatchNorm uses epsilon `bn_epsilon` (1e-5); the backbones keep their
+  reference epsilon (1e-3).
+  """
+  num_classes: int
+  backbone: str = 'mobilenetv2'
+  output_stride: int = 16
+  width_multiplier: float = 1.0
+  freeze_encoder: bool = False
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  aspp_channels: int = 256
+  aspp_rates: Sequence[int] | None = None
+  aspp_separable: bool = True
+  decoder_channels: int = 256
+  decoder_separable: bool = True
+  low_level_channels: int = 48
+  dropout_rate: float = 0.1
+  padding: str = 'SAME'
+  depthwise_impl: str = 'auto'
+
+  def __post_init__(self):
+    if self.num_classes < 1:
+      raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
+    if self.backbone not in BACKBONES:
+      raise ValueError(f'unknown backbone {self.backbone!r}; known: {BACKBONES}')
+    if self.output_stride not in (8, 16, 32):
+      raise ValueError(f'output_stride {self.output_stride!r} is not one of (8, 16, 32)')
+    if self.backbone == 'xception65' and self.width_multiplier != 1.0:
+      raise ValueError(f'width_multiplier {self.width_multiplier!r} is not supported by '
+                       "backbone 'xception65' (only 1.0)")
+    if self.width_multiplier <= 0:
+      raise ValueError(f'width_multiplier {self.width_multiplier!r} must be > 0')
+    if self.aspp_rates is not None and (
+        not self.aspp_rates or any(int(r) != r or r < 1 for r in self.aspp_rates)):
+      raise ValueError(f'aspp_rates {self.aspp_rates!r} must be positive integers')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'dropout_rate {self.dropout_rate!r} must be in [0, 1)')
+    layers.canonical_dtype(self.dtype)
+    layers.check_padding(self.padding)
+    layers.resolve_depthwise_impl(self.depthwise_impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    dtype = layers.canonical_dtype(self.dtype)
+    h, w = images.shape[1:3]
+    encoder = make_backbone(self.backbone, output_stride=self.output_stride,
+                            width_multiplier=self.width_multiplier,
+                            bn_momentum=self.bn_momentum, padding=self.padding,
+                            depthwise_impl=self.depthwise_impl, dtype=dtype)
+    feats = encoder(images, train=train and not self.freeze_encoder)
+    if self.freeze_encoder:
+      feats = jax.lax.stop_gradient(feats)
+
+    common = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=dtype)
+    rates = tuple(self.aspp_rates or _DEFAULT_RATES[self.output_stride])
+    x = layers.ASPP(self.aspp_channels, rates, separable=self.aspp_separable,
+                    dropout_rate=self.dropout_rate, padding=self.padding,
+                    depthwise_impl=self.depthwise_impl, **common,
+                    name='aspp')(feats['stride32'], train=train)
+
+    low = layers.ConvBNAct(self.low_level_channels, 1, **common,
+                           name='low_level_proj')(feats['stride4'], train=train)
+    x = layers.resize_bilinear(x, low.shape[1:3])
+    x = jnp.concatenate([x, low], axis=-1)
+    for i in range(2):
+      if self.decoder_separable:
+        x = layers.SeparableConv(self.decoder_channels, 3, padding=self.padding,
+                                 depthwise_impl=self.depthwise_impl, **common,
+                                 name=f'decoder_conv{i}')(x, train=train)
+      else:
+        x = layers.ConvBNAct(self.decoder_channels, 3, padding=self.padding, **common,
+                             name=f'decoder_conv{i}')(x, train=train)
+    x = nn.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
+                name='classifier')(x)
+    x = layers.resize_bilinear(x, (h, w))
+    return x.astype(jnp.float32)

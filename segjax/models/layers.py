@@ -1,0 +1,266 @@
+"""Building blocks shared by the backbones and the segmentation heads.
+
+Conventions (all modules):
+  * NHWC activations; `dtype` is the compute dtype, parameters are always
+    float32 (`param_dtype`).
+  * BatchNorm keeps running statistics in the 'batch_stats' collection and has
+    no `axis_name`: training runs under jax.jit with sharded global arrays, so
+    the batch statistics XLA computes are already global.
+  * `padding` is 'SAME' (TensorFlow/Keras: a stride-2 layer pads more at the
+    bottom/right) or 'SYMMETRIC' (PyTorch/timm style fixed padding
+    `((stride - 1) + dilation * (k - 1)) // 2` on every side).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+Act = Callable[[jax.Array], jax.Array] | None
+
+PADDINGS = ('SAME', 'SYMMETRIC')
+DEPTHWISE_IMPLS = ('auto', 'xla', 'shift')
+
+# He init for convolutions followed by BN + ReLU (heads, Xception).
+he_normal = nn.initializers.he_normal()
+# Keras' default for Conv2D / DepthwiseConv2D / Conv2DTranspose.
+glorot_uniform = nn.initializers.glorot_uniform()
+
+
+def canonical_dtype(dtype: Any) -> jnp.dtype:
+  """'float32' | 'bfloat16' | 'float16' or a jnp dtype -> a floating jnp dtype."""
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt is None or dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16),
+                              jnp.dtype(jnp.float16)):
+    raise ValueError(f"dtype {dtype!r} is not supported; use 'float32' or 'bfloat16'")
+  return dt
+
+
+def relu6(x: jax.Array) -> jax.Array:
+  return jnp.minimum(nn.relu(x), 6.0)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def check_padding(padding: str) -> str:
+  if padding not in PADDINGS:
+    raise ValueError(f'padding {padding!r} is not one of {PADDINGS}')
+  return padding
+
+
+def conv_padding(padding: str, kernel_size: int | Sequence[int], strides: int = 1,
+                 dilation: int = 1,
+                 in_hw: Sequence[int] | None = None) -> str | list[tuple[int, int]]:
+  """Padding argument for a conv: 'SAME', or explicit (lo, hi) pairs.
+
+  With `in_hw` given, 'SAME' is also returned as explicit pairs (needed by the
+  shifted-sum depthwise conv).
+  """
+  check_padding(padding)
+  kernel_size = _pair(kernel_size)
+  if padding == 'SYMMETRIC':
+    return [(((strides - 1) + dilation * (k - 1)) // 2,) * 2 for k in kernel_size]
+  if in_hw is None:
+    return 'SAME'
+  window = [dilation * (k - 1) + 1 for k in kernel_size]
+  return lax.padtype_to_pads(tuple(in_hw), window, (strides, strides), 'SAME')
+
+
+def batch_norm(*, train: bool, momentum: float, epsilon: float, dtype: Dtype,
+               name: str | None = None) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of NHWC `x` to `size` = (h, w), half-pixel centres.
+
+  This is align_corners=False (tf.image.resize / F.interpolate default). No
+  antialiasing when downsampling, like both of those.
+  """
+  h, w = int(size[0]), int(size[1])
+  if x.shape[1:3] == (h, w):
+    return x
+  out = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method='bilinear',
+                         antialias=False)
+  return out.astype(x.dtype)
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """'auto' picks the shifted-sum formulation on CPU, XLA's grouped conv elsewhere.
+
+  XLA:CPU lowers feature_group_count=C convolutions to a slow generic loop;
+  nine shifted multiply-adds vectorise well there. GPU/TPU have fast kernels.
+  """
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'depthwise_impl {impl!r} is not one of {DEPTHWISE_IMPLS}')
+  if impl == 'auto':
+    return 'shift' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int,
+                   dilation: int, pads: Sequence[tuple[int, int]],
+                   impl: str) -> jax.Array:
+  """Depthwise conv of NHWC `x` with a (kh, kw, 1, C) kernel; explicit pads."""
+  if impl == 'xla':
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(strides, strides), padding=tuple(pads),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+  # Sum of kh * kw shifted (and strided) slices times per-channel weights. It is
+  # all elementwise, so XLA fuses it; accumulating in float32 costs no memory
+  # traffic and keeps bfloat16 sums accurate.
+  out_dtype = x.dtype
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  b, h, w, c = x.shape
+  kh, kw = kernel.shape[:2]
+  oh = (h - dilation * (kh - 1) - 1) // strides + 1
+  ow = (w - dilation * (kw - 1) - 1) // strides + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      start = (0, i * dilation, j * dilation, 0)
+      limit = (b, start[1] + (oh - 1) * strides + 1, start[2] + (ow - 1) * strides + 1, c)
+      patch = lax.slice(x, start, limit, (1, strides, strides, 1))
+      term = patch.astype(acc_dtype) * kernel[i, j, 0].astype(acc_dtype)
+      out = term if out is None else out + term
+  return out.astype(out_dtype)
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise conv (channel multiplier 1) with dilation.
+
+  The kernel has nn.Conv(feature_group_count=C)'s shape (kh, kw, 1, C), so the
+  two implementations share parameters.
+  """
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  padding: str = 'SAME'
+  use_bias: bool = False
+  depthwise_impl: str = 'auto'
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., Any] = he_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    k = _pair(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init, (*k, 1, c), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    pads = conv_padding(self.padding, k, self.strides, self.dilation, in_hw=x.shape[1:3])
+    y = depthwise_conv(x, kernel, strides=self.strides, dilation=self.dilation, pads=pads,
+                       impl=resolve_depthwise_impl(self.depthwise_impl))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (c,), jnp.float32).astype(self.dtype)
+    return y
+
+
+class ConvBNAct(nn.Module):
+  """Conv (no bias) -> BatchNorm -> activation (None: linear)."""
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  padding: str = 'SAME'
+  act: Act = nn.relu
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., Any] = he_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    k = _pair(self.kernel_size)
+    x = nn.Conv(self.features, k, strides=self.strides,
+                padding=conv_padding(self.padding, k, self.strides, self.dilation),
+                kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=self.kernel_init, name='conv')(x)
+    x = batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                   dtype=self.dtype, name='bn')(x)
+    return x if self.act is None else self.act(x)
+
+
+class SeparableConv(nn.Module):
+  """DeepLab-style separable conv: depthwise -> BN -> act -> pointwise -> BN -> act.
+
+  Submodule names follow timm's SeparableConv2d (conv_dw, bn_dw, conv_pw,
+  bn_pw). `act=None` gives the linear version used inside Xception modules that
+  start with ReLU instead.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  padding: str = 'SAME'
+  act: Act = nn.relu
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  depthwise_impl: str = 'auto'
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable[..., Any] = he_normal
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    bn = functools.partial(batch_norm, train=train, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon, dtype=self.dtype)
+    act = (lambda y: y) if self.act is None else self.act
+    x = DepthwiseConv(self.kernel_size, self.strides, self.dilation, self.padding,
+                      depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                      kernel_init=self.kernel_init, name='conv_dw')(x)
+    x = act(bn(name='bn_dw')(x))
+    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=self.kernel_init, name='conv_pw')(x)
+    return act(bn(name='bn_pw')(x))
+
+
+class ASPP(nn.Module):
+  """Atrous Spatial Pyramid Pooling (DeepLabV3/V3+, Chen et al. 2017/2018).
+
+  Branches: 1x1 conv, three 3x3 atrous convs (separable when `separable`) and
+  image pooling (global mean -> 1x1 conv -> BN -> ReLU -> broadcast back),
+  concatenated -> 1x1 projection -> BN -> ReLU -> dropout.
+  """
+  features: int = 256
+  rates: Sequence[int] = (6, 12, 18)
+  separable: bool = True
+  dropout_rate: float = 0.1
+  padding: str = 'SAME'
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  depthwise_impl: str = 'auto'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    common = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+    branches = [ConvBNAct(self.features, 1, **common, name='aspp0')(x, train=train)]
+    for i, rate in enumerate(self.rates, start=1):
+      if self.separable:
+        branch = SeparableConv(self.features, 3, dilation=rate, padding=self.padding,
+                               depthwise_impl=self.depthwise_impl, **common,
+                               name=f'aspp{i}')
+      else:
+        branch = ConvBNAct(self.features, 3, dilation=rate, padding=self.padding, **common,
+                           name=f'aspp{i}')
+      branches.append(branch(x, train=train))
+    pooled = jnp.mean(x, axis=(1, 2), keepdims=True)
+    pooled = ConvBNAct(self.features, 1, **common, name='image_pooling')(pooled, train=train)
+    # Bilinear upsampling of a 1x1 map is a broadcast.
+    branches.append(jnp.broadcast_to(pooled, (*x.shape[:3], self.features)))
+    y = jnp.concatenate(branches, axis=-1)
+    y = ConvBNAct(self.features, 1, **common, name='projection')(y, train=train)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)

@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_suffixes = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
   c.data.mask_suffix = ''     # '' = same stem, any of .png/.bmp/.tif; else e.g. '_mask.png'.
   c.data.mask_format = 'index'  # index (pixel = raw label) | palette (RGB colours)
+  c.data.void_color = ()      # palette masks: this RGB colour -> ignore_label.
   c.data.label_map = ''       # 'raw:label,...', e.g. '11:255' or '0:0,255:1'.
   # Label spec.
   c.data.num_classes = 4
@@ -215,6 +216,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f'data.num_classes={spec.num_classes}')
   if cw and (min(cw) < 0 or sum(cw) <= 0):
     raise ConfigError(f"config key 'loss.class_weights' must be >= 0 and not all 0, got {cw!r}")
+  vc = given['data.void_color']
+  if vc and (len(vc) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in vc)):
+    raise ConfigError(f"config key 'data.void_color' must be () or an RGB triple, got {vc!r}")
   if given['data.name'] == 'folder' and not given['data.root']:
     raise ConfigError("config key 'data.root' must name the dataset folder when "
                       "data.name='folder'")

@@ -115,6 +115,14 @@ def test_palette_masks(tmp_path):
   _save(tmp_path / 'trainannot' / 'a.png', bad)
   with pytest.raises(ValueError, match=r'a\.png.*\(1, 2, 3\)'):
     sources.make_source(d, 'train')[0]
+  # A void colour maps to the ignore label; other unknown colours stay errors.
+  void = np.asarray(palette, np.uint8)[idx]
+  void[1, 1] = void[4, 5] = (9, 9, 9)
+  _save(tmp_path / 'trainannot' / 'a.png', void)
+  d.void_color = (9, 9, 9)
+  want = idx.copy()
+  want[1, 1] = want[4, 5] = 255
+  np.testing.assert_array_equal(sources.make_source(d, 'train')[0]['label'], want)
 
 
 def test_p_mode_mask_gives_indices_not_colours(tmp_path):

@@ -97,7 +97,8 @@ def make_source(data_config, split: str):
         image_dir=data_config.image_dir, mask_dir=data_config.mask_dir,
         list_file=data_config.list_file,
         image_suffixes=tuple(data_config.image_suffixes),
-        mask_suffix=data_config.mask_suffix, mask_format=data_config.mask_format)
+        mask_suffix=data_config.mask_suffix, mask_format=data_config.mask_format,
+        void_color=tuple(data_config.void_color))
   if name == 'tfds':
     from segjax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.make_tfds_source(data_config, split, mapper)
@@ -137,12 +138,13 @@ def decode_image(img: Image.Image) -> np.ndarray:
 
 
 def decode_mask(img: Image.Image, *, name: str, mask_format: str = 'index',
-                palette=(), ignore_label: int = 255) -> np.ndarray:
+                palette=(), ignore_label: int = 255, void_color=None) -> np.ndarray:
   """PIL mask -> 2-D integer array of raw values (or class indices for palette)."""
   mode = img.mode
   if mask_format == 'palette':
     rgb = np.asarray(img.convert('RGB'))
-    return labels_lib.rgb_to_index(rgb, palette, ignore_label, name=name)
+    return labels_lib.rgb_to_index(rgb, palette, ignore_label, name=name,
+                                   void_color=void_color or None)
   if mask_format != 'index':
     raise ValueError(f"data.mask_format={mask_format!r} is not 'index' or 'palette'")
   if mode in ('P', 'L'):
@@ -185,8 +187,9 @@ class FolderSource:
                image_dir: str = '{split}', mask_dir: str = '{split}annot',
                list_file: str = '', image_suffixes=('.png', '.jpg', '.jpeg', '.bmp',
                                                     '.tif', '.tiff'),
-               mask_suffix: str = '', mask_format: str = 'index'):
+               mask_suffix: str = '', mask_format: str = 'index', void_color=()):
     self.split = split
+    self.void_color = tuple(void_color) if void_color else None
     self.mapper = mapper
     self.mask_format = mask_format
     spec = mapper.spec
@@ -285,7 +288,8 @@ class FolderSource:
     image = decode_image(img)
     spec = self.mapper.spec
     raw = decode_mask(mask, name=str(mask_path), mask_format=self.mask_format,
-                      palette=spec.palette, ignore_label=spec.ignore_label)
+                      palette=spec.palette, ignore_label=spec.ignore_label,
+                      void_color=self.void_color)
     label = self.mapper(raw, name=str(mask_path))
     name = os.path.relpath(image_path, self.root)
     return {'image': image, 'label': label, 'name': name}

@@ -1,0 +1,41 @@
+r"""segjax entry point: flags -> config -> train, or evaluate a checkpoint.
+
+  python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/x
+  python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/x \
+      --mode=eval --config.eval.checkpoint=best --config.eval.split=val
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from segjax import config as config_lib
+from segjax import evaluate
+from segjax import sharding
+from segjax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with arguments: configs/x.py:a=1,b', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resumes from workdir) or eval (a checkpoint of workdir).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'jax.distributed coordinator.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'jax.distributed process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'jax.distributed process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  sharding.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+  config = config_lib.validate(_CONFIG.value)
+  if _MODE.value == 'train':
+    train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    evaluate.run(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

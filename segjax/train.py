@@ -1,0 +1,274 @@
+"""Training: a pure, jitted train step over a device mesh and the loop around it.
+
+`train_and_evaluate(config, workdir)` is the whole run: it resumes from the
+latest checkpoint in `workdir` if there is one, trains to `total_steps`,
+evaluates every `eval_every` steps and at the end, and returns the final
+validation metrics. The step function itself writes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from segjax import checkpoint as ckpt_lib
+from segjax import config as config_lib
+from segjax import evaluate as eval_lib
+from segjax import logging as log_lib
+from segjax import losses
+from segjax import metrics as metrics_lib
+from segjax import models
+from segjax import optim
+from segjax import sharding as sharding_lib
+from segjax.data import labels as labels_lib
+from segjax.data import pipeline
+from segjax.data import transforms
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a plain pytree."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # Steps whose loss or gradients were not finite are not applied; the first
+  # such step is recorded so the host loop can stop with a precise error.
+  num_nonfinite: jax.Array
+  first_nonfinite_step: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def build_model(config):
+  m = config.model
+  return models.get_model(
+      m.name, num_classes=int(config.data.num_classes), backbone=m.backbone,
+      output_stride=int(m.output_stride), width_multiplier=float(m.width_multiplier),
+      freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **m.kwargs.to_dict())
+
+
+def variables_of(state: TrainState) -> dict:
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def _init_fn(config, model, tx):
+  h, w = tuple(config.data.crop_size)
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({'params': params_rng, 'dropout': dropout_rng},
+                           jnp.zeros((1, h, w, 3), jnp.float32), train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(params), num_nonfinite=jnp.zeros((), jnp.int32),
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32))
+  return init
+
+
+def init_state(config, model, tx, mesh) -> TrainState:
+  """Initialises the state on device, replicated over the mesh."""
+  rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0)
+  init = jax.jit(_init_fn(config, model, tx), out_shardings=sharding_lib.replicated(mesh))
+  return init(rng)
+
+
+def abstract_state(config, model, mesh, tx=None) -> TrainState:
+  """Shapes, dtypes and shardings of the train state, without computing it."""
+  if tx is None:
+    tx, _ = optim.make_optimizer(config)
+  shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(0))
+  repl = sharding_lib.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+
+
+def make_train_step(config, model, tx, schedule) -> Callable:
+  """Pure step(state, batch, rng) -> (state, metrics). Not jitted here."""
+  loss_fn = losses.make_loss(config.loss.name, class_weights=tuple(config.loss.class_weights),
+                             dice_weight=float(config.loss.dice_weight),
+                             label_smoothing=float(config.loss.label_smoothing))
+  num_classes = int(config.data.num_classes)
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+  def step(state: TrainState, batch: dict, rng: jax.Array):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    images = transforms.normalize(batch['image'], mean, std)
+    labels = batch['label']
+
+    def compute_loss(params):
+      logits, new_vars = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      return loss_fn(logits, labels), (logits, new_vars)
+
+    (loss, (logits, new_vars)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params)
+    grad_norm = optim.global_norm(grads)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep_if_finite(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_if_finite(new_params, state.params),
+        batch_stats=keep_if_finite(new_vars.get('batch_stats', {}), state.batch_stats),
+        opt_state=keep_if_finite(new_opt_state, state.opt_state),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where(
+            (state.first_nonfinite_step < 0) & ~finite, state.step,
+            state.first_nonfinite_step))
+    valid = losses.valid_mask(labels, num_classes)
+    correct = (jnp.argmax(logits, -1) == labels) & valid
+    metrics = {
+        'loss': loss,
+        'grad_norm': grad_norm,
+        'lr': schedule(state.step),
+        'pixel_acc': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
+        'finite': finite.astype(jnp.float32),
+    }
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step_fn: Callable, mesh) -> Callable:
+  repl = sharding_lib.replicated(mesh)
+  data = sharding_lib.batch_sharding(mesh)
+  return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
+def _check_finite(state: TrainState, config, last_saved: int | None, directory: str) -> None:
+  first = int(jax.device_get(state.first_nonfinite_step))
+  if first < 0:
+    return
+  g = int(config.batch_size)
+  kept = (f'the last good checkpoint (step {last_saved}) in {directory} is kept'
+          if last_saved is not None else 'no checkpoint was written')
+  raise NonFiniteLossError(
+      f'non-finite loss or gradient at step {first + 1} (global batch of training examples '
+      f'{first * g}..{(first + 1) * g - 1} of the shuffled stream, seed {config.seed}); the '
+      f'update was not applied and training stopped; {kept}. Lower optimizer.lr, set '
+      'optimizer.grad_clip_norm, or check that batch with segjax.data.pipeline.train_dataset.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming if possible), evaluates, and returns the final val metrics."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding_lib.make_mesh()
+  sharding_lib.check_batch_size(int(config.batch_size), mesh)
+  spec = labels_lib.spec_from_config(config.data)
+  model = build_model(config)
+  tx, schedule = optim.make_optimizer(config)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+  ckpt_directory = ckpt_lib.checkpoint_dir(workdir)
+  ckpt = ckpt_lib.Checkpointer(ckpt_directory, keep=int(config.checkpoint.keep),
+                               keep_best=int(config.checkpoint.keep_best),
+                               async_save=bool(config.checkpoint.async_save))
+  writer = log_lib.MetricWriter(workdir)
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      state, _ = ckpt.restore(latest, abstract_state(config, model, mesh, tx))
+      ckpt_lib.log_restore(latest, ckpt_directory)
+      if jax.process_index() == 0:
+        print(f'Resuming from step {latest} in {ckpt_directory}', flush=True)
+    else:
+      state = init_state(config, model, tx, mesh)
+    start_step = int(jax.device_get(state.step))
+    last_saved = latest
+    if jax.process_index() == 0 and latest is None:
+      n_params = sum(x.size for x in jax.tree.leaves(state.params))
+      print(f'{config.model.name}/{config.model.backbone}: {n_params:,} parameters; '
+            f'{jax.device_count()} device(s) {jax.devices()[0].platform}; '
+            f'training {config.total_steps} steps of batch {config.batch_size}', flush=True)
+
+    train_step = jit_train_step(make_train_step(config, model, tx, schedule), mesh)
+    eval_step = eval_lib.make_eval_step(model, config, mesh)
+    val_split = config.data.val_split
+    rng = jax.random.fold_in(jax.random.key(int(config.seed)), 1)
+    total = int(config.total_steps)
+    result = None
+
+    def run_eval(step: int):
+      res, panel = eval_lib.evaluate_split(eval_step, variables_of(state), config, val_split,
+                                           mesh, num_panel_images=int(config.eval.num_panel_images))
+      writer.write_scalars(step, eval_lib.scalar_metrics(res), prefix='val/')
+      if panel is not None:
+        writer.write_image(step, 'val_predictions', log_lib.prediction_panel(
+            panel['image'], panel['label'], panel['pred'], spec.colorize))
+      eval_lib.write_result(workdir, val_split, step, res)
+      return res
+
+    if start_step < total:
+      batches = pipeline.train_iterator(config, start_step, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+      progress = log_lib.Progress(total, start_step, int(config.batch_size))
+      pending = []  # Device metrics since the last log line.
+      prev_finite = None
+      t_start = time.perf_counter()
+      for step in range(start_step, total):
+        batch = sharding_lib.to_global(next(batches), mesh)
+        state, metrics = train_step(state, batch, rng)
+        pending.append(metrics)
+        # Check the previous step's flag while this one runs: stops within one
+        # step of a non-finite loss without a host sync on every step.
+        if prev_finite is not None and not float(prev_finite):
+          _check_finite(state, config, last_saved, ckpt_directory)
+        prev_finite = metrics['finite']
+        done = step + 1
+        is_last = done == total
+        if done % int(config.log_every) == 0 or is_last:
+          _check_finite(state, config, last_saved, ckpt_directory)
+          host = jax.device_get(pending)
+          means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+          pending = []
+          progress.update(done, loss=means['loss'], lr=means['lr'])
+          writer.write_scalars(done, {**means, 'images_per_sec': progress.images_per_sec},
+                               prefix='train/')
+        evaluated = done % int(config.eval_every) == 0 or is_last
+        if evaluated:
+          progress.newline()
+          result = run_eval(done)
+          if jax.process_index() == 0:
+            print(f"step {done}: val mIoU {result['mIoU']:.4f} aAcc {result['aAcc']:.4f} "
+                  f"loss {result['loss']:.4f}", flush=True)
+        if evaluated or done % int(config.checkpoint_every) == 0:
+          _check_finite(state, config, last_saved, ckpt_directory)
+          ckpt.save(done, state, metrics=eval_lib.scalar_metrics(result) if evaluated else None,
+                    meta={'config': json.loads(config.to_json_best_effort())})
+          last_saved = done
+      writer.write_scalars(total, {'train_seconds': time.perf_counter() - t_start},
+                           prefix='time/')
+    else:
+      result = run_eval(start_step)
+    ckpt.wait()
+  finally:
+    ckpt.close()
+    writer.close()
+  if jax.process_index() == 0:
+    print(metrics_lib.format_table(
+        result, title=f'{val_split} @ step {max(start_step, total)}, '
+        f'{result["num_examples"]} images'), flush=True)
+  return result

@@ -7,6 +7,7 @@ r"""segjax entry point: flags -> config -> train, or evaluate a checkpoint.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from segjax import config as config_lib
@@ -28,6 +29,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # orbax and grain log every save/restore at INFO; -v 0 brings that back.
+    logging.set_verbosity(logging.WARNING)
   sharding.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)
   config = config_lib.validate(_CONFIG.value)

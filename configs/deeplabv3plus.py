@@ -43,15 +43,18 @@ def get_config(arg=None):
     c.augment.scale_range = (0.5, 2.0)
     c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.2
     if a.runlocal:
-      # Half resolution (180x240), small model: ~20 min on a 2-core CPU.
+      # Half resolution (180x240), small model, 144x192 crops so that ~1400
+      # steps fit in 20 minutes on a 2-core CPU; median-frequency class weights
+      # (published with the dataset) lift the rare classes that dominate mIoU.
       c.data.resize = (180, 240)
-      c.data.crop_size = (176, 240)
+      c.data.crop_size = (144, 192)
       c.model.width_multiplier = 0.5
+      c.loss.class_weights = common.CAMVID_CLASS_WEIGHTS
       c.batch_size = 8
-      c.total_steps = 1500
+      c.total_steps = 1400
       c.optimizer.lr = 2e-3
       c.schedule.warmup_steps = 50
-      c.eval_every = 500
+      c.eval_every = 700
     else:
       c.data.crop_size = (352, 480)
       c.batch_size = 16

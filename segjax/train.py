@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Callable
@@ -245,8 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
           pending = []
           progress.update(done, loss=means['loss'], lr=means['lr'])
-          writer.write_scalars(done, {**means, 'images_per_sec': progress.images_per_sec},
-                               prefix='train/')
+          if math.isfinite(progress.images_per_sec):
+            means['images_per_sec'] = progress.images_per_sec
+          writer.write_scalars(done, means, prefix='train/')
         evaluated = done % int(config.eval_every) == 0 or is_last
         if evaluated:
           progress.newline()

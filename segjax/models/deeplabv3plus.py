@@ -78,16 +78,10 @@ class DeepLabV3Plus(nn.Module):
     if self.backbone == 'xception65' and self.width_multiplier != 1.0:
       raise ValueError(f'width_multiplier {self.width_multiplier!r} is not supported by '
                        "backbone 'xception65' (only 1.0)")
-    if self.width_multiplier <= 0:
-      raise ValueError(f'width_multiplier {self.width_multiplier!r} must be > 0')
     if self.aspp_rates is not None and (
         not self.aspp_rates or any(int(r) != r or r < 1 for r in self.aspp_rates)):
       raise ValueError(f'aspp_rates {self.aspp_rates!r} must be positive integers')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate {self.dropout_rate!r} must be in [0, 1)')
-    layers.canonical_dtype(self.dtype)
-    layers.check_padding(self.padding)
-    layers.resolve_depthwise_impl(self.depthwise_impl)
+    layers.check_module_args(self)
     super().__post_init__()
 
   @nn.compact

@@ -97,6 +97,19 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def check_module_args(module) -> None:
+  """Shared argument checks of models and backbones; errors name the value."""
+  canonical_dtype(module.dtype)
+  check_padding(module.padding)
+  resolve_depthwise_impl(module.depthwise_impl)
+  width = getattr(module, 'width_multiplier', 1.0)
+  if width <= 0:
+    raise ValueError(f'width_multiplier {width!r} must be > 0')
+  rate = getattr(module, 'dropout_rate', 0.0)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'dropout_rate {rate!r} must be in [0, 1)')
+
+
 def resolve_depthwise_impl(impl: str) -> str:
   """'auto' picks the shifted-sum formulation on CPU, XLA's grouped conv elsewhere.
 

@@ -89,13 +89,7 @@ class UNet(nn.Module):
     if len(self.decoder_filters) != n_skips:
       raise ValueError(f'decoder_filters {self.decoder_filters!r} must have {n_skips} '
                        'values, one per skip connection')
-    if self.width_multiplier <= 0:
-      raise ValueError(f'width_multiplier {self.width_multiplier!r} must be > 0')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'dropout_rate {self.dropout_rate!r} must be in [0, 1)')
-    layers.canonical_dtype(self.dtype)
-    layers.check_padding(self.padding)
-    layers.resolve_depthwise_impl(self.depthwise_impl)
+    layers.check_module_args(self)
     super().__post_init__()
 
   @nn.compact

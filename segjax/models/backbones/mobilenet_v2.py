@@ -125,9 +125,7 @@ class MobileNetV2(nn.Module):
 
   def __post_init__(self):
     block_specs(self.width_multiplier, self.output_stride)  # Validates both.
-    layers.check_padding(self.padding)
-    layers.canonical_dtype(self.dtype)
-    layers.resolve_depthwise_impl(self.depthwise_impl)
+    layers.check_module_args(self)
     if self.include_last_conv and not self.final_project_bn:
       raise ValueError('include_last_conv=True needs final_project_bn=True')
     super().__post_init__()

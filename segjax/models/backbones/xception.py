@@ -130,9 +130,7 @@ class Xception65(nn.Module):
 
   def __post_init__(self):
     xception65_blocks(self.output_stride)  # Validates output_stride.
-    layers.check_padding(self.padding)
-    layers.canonical_dtype(self.dtype)
-    layers.resolve_depthwise_impl(self.depthwise_impl)
+    layers.check_module_args(self)
     super().__post_init__()
 
   @nn.compact

@@ -1,0 +1,105 @@
+"""End-to-end runs: the README command, the tutorial U-Net on TFDS pets, real folders."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow_datasets as tfds
+
+from segjax import train
+from segjax.data import prepare_tfds
+from tests.test_config import load
+from tests.test_tfds_source import _pack, _write_fake_pet
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / 'shared' / 'data'
+
+
+def _shrink(c, size=(32, 32)):
+  """Same pipeline and model family, laptop-test sized."""
+  c.model.width_multiplier = 0.35
+  if c.model.name == 'unet':
+    c.model.kwargs.decoder_filters = (16, 16, 16, 16)
+  else:
+    c.model.kwargs.aspp_channels = 16
+    c.model.kwargs.decoder_channels = 16
+    c.model.kwargs.low_level_channels = 8
+  c.data.crop_size = size
+  c.batch_size = 4
+  c.eval.batch_size = 4
+  c.total_steps = 2
+  c.log_every = 1
+  c.eval_every = 2
+  c.checkpoint_every = 2
+  c.schedule.warmup_steps = 0
+  c.checkpoint.async_save = False
+  return c
+
+
+def test_readme_command_trains_resumes_and_prints_table(tmp_path):
+  cmd = [sys.executable, 'launch.py', '--config=configs/deeplabv3plus.py:runlocal',
+         f'--workdir={tmp_path}', '--config.total_steps=2', '--config.log_every=1',
+         '--config.schedule.warmup_steps=0', '--config.data.synthetic_val_examples=8',
+         '--config.checkpoint.async_save=False']
+  first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  for name in ('aAcc', 'mAcc', 'mIoU', 'fwIoU', 'background', 'disc', 'square', 'triangle'):
+    assert name in first.stdout
+  assert 'val @ step 2, 8 images' in first.stdout
+  more = subprocess.run(cmd[:-4] + ['--config.total_steps=3'] + cmd[-3:], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert more.returncode == 0, more.stderr[-3000:]
+  assert 'Resuming from step 2' in more.stdout and 'val @ step 3' in more.stdout
+
+
+def test_unet_tutorial_config_on_tfds_pets(tmp_path):
+  """configs/unet_mobilenetv2.py as the tutorial has it, on a fake TFDS-prepared Pet."""
+  c = load('unet_mobilenetv2.py', '')
+  # The tutorial's setup, as documented.
+  assert (c.data.tfds_name, c.data.train_split, c.data.val_split) == ('oxford_iiit_pet', 'train',
+                                                                      'test')
+  assert c.data.label_map == '1:0,2:1,3:2' and c.data.num_classes == 3
+  assert tuple(c.data.resize) == (128, 128) and c.batch_size == 64
+  assert c.total_steps == 20 * (3680 // 64) and c.optimizer.name == 'adam'
+  assert c.augment.hflip and c.model.name == 'unet' and c.model.backbone == 'mobilenetv2'
+  tfds.disable_progress_bar()
+  raw, manual, data_dir = tmp_path / 'raw', tmp_path / 'manual', tmp_path / 'tfds'
+  _write_fake_pet(raw)
+  _pack(raw, manual)
+  prepare_tfds.prepare('oxford_iiit_pet', str(data_dir), manual_dir=str(manual))
+  c.data.root = str(data_dir)
+  _shrink(c)
+  c.data.resize = (32, 32)
+  result = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert result['num_examples'] == 3  # The fake test split.
+  assert set(result['IoU']) == {'pet', 'background', 'border'}
+  assert result['num_pixels'] == 3 * 32 * 32
+
+
+@pytest.mark.skipif(not (SHARED_DATA / 'camvid').is_dir(),
+                    reason=f'CamVid not found at {SHARED_DATA / "camvid"}')
+def test_camvid_folder_run(tmp_path):
+  c = load('deeplabv3plus.py', 'dataset=camvid,runlocal')
+  c.data.root = str(SHARED_DATA / 'camvid')
+  _shrink(c, size=(64, 96))
+  c.data.val_split = 'val[:4]'
+  result = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert result['num_examples'] == 4
+  assert list(result['IoU'])[:3] == ['Sky', 'Building', 'Pole'] and len(result['IoU']) == 11
+  # 180x240 evaluation images; void (11) pixels are not counted.
+  assert 0 < result['num_pixels'] < 4 * 180 * 240
+
+
+@pytest.mark.skipif(not (SHARED_DATA / 'isbi_membrane').is_dir(),
+                    reason=f'ISBI data not found at {SHARED_DATA / "isbi_membrane"}')
+def test_isbi_binary_run(tmp_path):
+  c = load('deeplabv3plus.py', 'dataset=isbi,runlocal')
+  c.data.root = str(SHARED_DATA / 'isbi_membrane')
+  _shrink(c, size=(64, 64))
+  c.data.val_split = 'train[28:]'
+  c.eval.batch_size = 2
+  result = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert result['num_examples'] == 2 and set(result['IoU']) == {'membrane', 'cell'}
+  assert result['num_pixels'] == 2 * 512 * 512  # Binary masks: nothing ignored.

@@ -7,7 +7,6 @@ evaluates it on any split under the data root.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os

@@ -8,9 +8,7 @@ validation metrics. The step function itself writes nothing.
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import math
 import os
 import time

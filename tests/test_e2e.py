@@ -1,6 +1,5 @@
 """End-to-end runs: the README command, the tutorial U-Net on TFDS pets, real folders."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from segjax import train
 from segjax.data import prepare_tfds
 from tests.test_config import load
 from tests.test_tfds_source import _pack, _write_fake_pet
+from tests.test_train import shrink_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
@@ -19,13 +19,7 @@ SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 def _shrink(c, size=(32, 32)):
   """Same pipeline and model family, laptop-test sized."""
-  c.model.width_multiplier = 0.35
-  if c.model.name == 'unet':
-    c.model.kwargs.decoder_filters = (16, 16, 16, 16)
-  else:
-    c.model.kwargs.aspp_channels = 16
-    c.model.kwargs.decoder_channels = 16
-    c.model.kwargs.low_level_channels = 8
+  shrink_model(c)
   c.data.crop_size = size
   c.batch_size = 4
   c.eval.batch_size = 4

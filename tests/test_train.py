@@ -19,13 +19,21 @@ from segjax import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def shrink_model(c):
+  """The config's model family at test size (width 0.35, 16-channel heads)."""
+  c.model.width_multiplier = 0.35
+  if c.model.name == 'unet':
+    c.model.kwargs.decoder_filters = (16, 16, 16, 16)
+  else:
+    c.model.kwargs.aspp_channels = 16
+    c.model.kwargs.decoder_channels = 16
+    c.model.kwargs.low_level_channels = 8
+  return c
+
+
 def tiny_config(**overrides):
   """A few-second DeepLabV3+ run on 32x32 synthetic shapes."""
-  c = config_lib.base_config()
-  c.model.width_multiplier = 0.35
-  c.model.kwargs.aspp_channels = 16
-  c.model.kwargs.decoder_channels = 16
-  c.model.kwargs.low_level_channels = 8
+  c = shrink_model(config_lib.base_config())
   c.data.synthetic_size = (32, 32)
   c.data.crop_size = (32, 32)
   c.data.synthetic_train_examples = 64

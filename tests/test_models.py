@@ -76,7 +76,11 @@ def tree_equal(a, b):
 
 
 def test_registry_and_get_model():
-  assert models.MODELS == {'deeplabv3plus': models.DeepLabV3Plus, 'unet': models.UNet}
+  assert models.MODELS == {
+      'deeplabv3': models.DeepLabV3, 'deeplabv3plus': models.DeepLabV3Plus, 'unet': models.UNet,
+      'fcn32s': models.FCN32s, 'fcn16s': models.FCN16s, 'fcn8s': models.FCN8s,
+      'segnet': models.SegNet, 'bayesian_segnet': models.BayesianSegNet,
+      'dsrfcn': models.DSRFCN}
   m = models.get_model('deeplabv3plus', num_classes=5, dtype='bfloat16', aspp_rates=[1, 2, 3],
                        aspp_channels=32)
   assert isinstance(m, models.DeepLabV3Plus)
@@ -87,17 +91,18 @@ def test_registry_and_get_model():
   for name in models.MODELS:
     accepted = models.model_kwargs(name)
     for key in ('num_classes', 'backbone', 'output_stride', 'width_multiplier',
-                'freeze_encoder', 'dtype', 'bn_momentum', 'dropout_rate'):
-      assert key in accepted
+                'freeze_encoder', 'dtype', 'bn_momentum', 'bn_epsilon', 'padding'):
+      assert key in accepted, (name, key)
 
 
 @pytest.mark.parametrize('name, kwargs, needles', [
     ('segformer', {}, ['segformer', 'deeplabv3plus', 'unet']),
     ('deeplabv3plus', {'aspp_chanels': 8}, ['aspp_chanels', 'aspp_channels']),
     ('unet', {'aspp_channels': 8, 'output_stride': 32}, ['aspp_channels', 'decoder_filters']),
-    ('unet', {}, ['output_stride', '16']),  # get_model's default output_stride is 16.
+    ('unet', {'output_stride': 16}, ['output_stride', '16']),
     ('unet', {'output_stride': 32, 'backbone': 'xception65'}, ['xception65']),
-    ('deeplabv3plus', {'backbone': 'resnet50'}, ['resnet50']),
+    ('deeplabv3plus', {'backbone': 'efficientnet_b0'}, ['efficientnet_b0']),
+    ('deeplabv3plus', {'backbone': 'resnet50', 'width_multiplier': 0.5}, ['resnet50', '0.5']),
     ('deeplabv3plus', {'output_stride': 4}, ['output_stride', '4']),
     ('deeplabv3plus', {'backbone': 'xception65', 'width_multiplier': 0.5}, ['0.5']),
     ('deeplabv3plus', {'dtype': 'float64'}, ['float64']),

@@ -18,12 +18,23 @@ from typing import Any
 import flax.linen as nn
 
 from segjax.models import layers
+from segjax.models.deeplabv3 import DeepLabV3
 from segjax.models.deeplabv3plus import DeepLabV3Plus
+from segjax.models.dsrfcn import DSRFCN
+from segjax.models.fcn import FCN8s, FCN16s, FCN32s
+from segjax.models.segnet import BayesianSegNet, SegNet
 from segjax.models.unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {
+    'deeplabv3': DeepLabV3,
     'deeplabv3plus': DeepLabV3Plus,
     'unet': UNet,
+    'fcn32s': FCN32s,
+    'fcn16s': FCN16s,
+    'fcn8s': FCN8s,
+    'segnet': SegNet,
+    'bayesian_segnet': BayesianSegNet,
+    'dsrfcn': DSRFCN,
 }
 
 
@@ -34,11 +45,12 @@ def model_kwargs(name: str) -> tuple[str, ...]:
                if f.init and f.name not in ('parent', 'name'))
 
 
-def get_model(name: str, *, num_classes: int, backbone: str = 'mobilenetv2',
-              output_stride: int = 16, width_multiplier: float = 1.0,
+def get_model(name: str, *, num_classes: int, backbone: str | None = None,
+              output_stride: int | None = None, width_multiplier: float = 1.0,
               freeze_encoder: bool = False, dtype: Any = 'float32', **kwargs) -> nn.Module:
   """Builds model `name`; raises ValueError naming an unknown model or keyword.
 
+  `backbone` and `output_stride` default to the model's own defaults.
   `dtype` ('float32' | 'bfloat16' or a jnp dtype) is the compute dtype;
   parameters are always float32. Model-specific keywords (bn_momentum,
   aspp_channels, decoder_filters, ...) pass through `kwargs`.
@@ -52,9 +64,14 @@ def get_model(name: str, *, num_classes: int, backbone: str = 'mobilenetv2',
                        f'{sorted(accepted)}')
   # Sequences from configs may arrive as lists; module attributes stay hashable.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return MODELS[name](num_classes=num_classes, backbone=backbone, output_stride=output_stride,
-                      width_multiplier=width_multiplier, freeze_encoder=freeze_encoder,
-                      dtype=layers.canonical_dtype(dtype), **kwargs)
+  if backbone is not None:
+    kwargs['backbone'] = backbone
+  if output_stride is not None:
+    kwargs['output_stride'] = output_stride
+  return MODELS[name](num_classes=num_classes, width_multiplier=width_multiplier,
+                      freeze_encoder=freeze_encoder, dtype=layers.canonical_dtype(dtype),
+                      **kwargs)
 
 
-__all__ = ['MODELS', 'DeepLabV3Plus', 'UNet', 'get_model', 'model_kwargs']
+__all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV3', 'DeepLabV3Plus', 'FCN8s', 'FCN16s',
+           'FCN32s', 'SegNet', 'UNet', 'get_model', 'model_kwargs']

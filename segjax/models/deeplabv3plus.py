@@ -10,29 +10,10 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models import layers
-from segjax.models.backbones import mobilenet_v2
-from segjax.models.backbones import xception
-
-BACKBONES = ('mobilenetv2', 'xception65')
+from segjax.models import backbones
 
 # ASPP rates of the paper at output_stride 16 and 8; 32 continues the scaling.
 _DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
-
-
-def make_backbone(name: str, *, output_stride: int, width_multiplier: float,
-                  bn_momentum: float, padding: str, depthwise_impl: str, dtype: Any,
-                  **kwargs) -> nn.Module:
-  """The encoder, always named 'backbone' (the optimizer freezes that subtree)."""
-  common = dict(output_stride=output_stride, bn_momentum=bn_momentum, padding=padding,
-                depthwise_impl=depthwise_impl, dtype=dtype, name='backbone')
-  if name == 'mobilenetv2':
-    return mobilenet_v2.MobileNetV2(width_multiplier=width_multiplier, **common, **kwargs)
-  if name == 'xception65':
-    if width_multiplier != 1.0:
-      raise ValueError(f'width_multiplier {width_multiplier!r} is not supported by '
-                       "backbone 'xception65' (only 1.0)")
-    return xception.Xception65(**common, **kwargs)
-  raise ValueError(f'unknown backbone {name!r}; known: {BACKBONES}')
 
 
 class DeepLabV3Plus(nn.Module):
@@ -71,27 +52,26 @@ class DeepLabV3Plus(nn.Module):
   def __post_init__(self):
     if self.num_classes < 1:
       raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
-    if self.backbone not in BACKBONES:
-      raise ValueError(f'unknown backbone {self.backbone!r}; known: {BACKBONES}')
     if self.output_stride not in (8, 16, 32):
       raise ValueError(f'output_stride {self.output_stride!r} is not one of (8, 16, 32)')
-    if self.backbone == 'xception65' and self.width_multiplier != 1.0:
-      raise ValueError(f'width_multiplier {self.width_multiplier!r} is not supported by '
-                       "backbone 'xception65' (only 1.0)")
+    self._encoder(parent=None)  # Validates the backbone and its arguments (unbound).
     if self.aspp_rates is not None and (
         not self.aspp_rates or any(int(r) != r or r < 1 for r in self.aspp_rates)):
       raise ValueError(f'aspp_rates {self.aspp_rates!r} must be positive integers')
     layers.check_module_args(self)
     super().__post_init__()
 
+  def _encoder(self, **extra) -> nn.Module:
+    return backbones.make_backbone(
+        self.backbone, width_multiplier=self.width_multiplier, output_stride=self.output_stride,
+        bn_momentum=self.bn_momentum, padding=self.padding, depthwise_impl=self.depthwise_impl,
+        dtype=layers.canonical_dtype(self.dtype), **extra)
+
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     dtype = layers.canonical_dtype(self.dtype)
     h, w = images.shape[1:3]
-    encoder = make_backbone(self.backbone, output_stride=self.output_stride,
-                            width_multiplier=self.width_multiplier,
-                            bn_momentum=self.bn_momentum, padding=self.padding,
-                            depthwise_impl=self.depthwise_impl, dtype=dtype)
+    encoder = self._encoder()
     feats = encoder(images, train=train and not self.freeze_encoder)
     if self.freeze_encoder:
       feats = jax.lax.stop_gradient(feats)

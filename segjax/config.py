@@ -35,6 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.freeze_encoder = False
   c.model.dtype = 'float32'   # Compute dtype; parameters stay float32.
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific extra keywords.
+  # Directory written by `python -m segjax.convert` ('' = random init). A
+  # 'backbone' conversion initialises params['backbone'], a 'model' one the
+  # whole model; leaves matching pretrained_exclude (comma-separated globs on
+  # 'params/...' or 'batch_stats/...' paths, e.g. 'params/classifier/*') keep
+  # their random init (for a different num_classes).
+  c.model.pretrained = ''
+  c.model.pretrained_exclude = ''
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'   # synthetic | folder | tfds
@@ -83,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.class_weights = ()   # Empty = unweighted; else num_classes floats.
   c.loss.dice_weight = 1.0
   c.loss.label_smoothing = 0.0
+  # Weight of the auxiliary head's loss for models that have one (model
+  # kwargs aux_head=True); 0.4 as in PSPNet / mmsegmentation.
+  c.loss.aux_weight = 0.4
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adam | adamw | sgd | rmsprop
@@ -108,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 8
   c.eval.checkpoint = 'latest'  # latest | best | <step>
   c.eval.num_panel_images = 4
+  # Monte Carlo dropout passes (Bayesian SegNet): > 1 averages the softmax of
+  # that many stochastic passes and adds a predictive-entropy map to the panels.
+  c.eval.mc_samples = 1
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3
@@ -184,6 +197,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
               'eval.batch_size', 'optimizer.lr', 'checkpoint.keep', 'data.num_classes'):
     positive(key)
+  if given['eval.mc_samples'] < 1:
+    raise ConfigError("config key 'eval.mc_samples' must be >= 1, got "
+                      f"{given['eval.mc_samples']!r}")
+  if given['loss.aux_weight'] < 0:
+    raise ConfigError("config key 'loss.aux_weight' must be >= 0, got "
+                      f"{given['loss.aux_weight']!r}")
   if given['model.output_stride'] not in (8, 16, 32):
     raise ConfigError("config key 'model.output_stride' must be 8, 16 or 32, got "
                       f"{given['model.output_stride']!r}")

@@ -121,19 +121,32 @@ class Progress:
       self.stream.flush()
 
 
+def uncertainty_image(entropy: np.ndarray, num_classes: int) -> np.ndarray:
+  """Predictive entropy (H, W) in nats -> uint8 RGB, black = certain, white =
+  maximal uncertainty (log num_classes)."""
+  scale = np.log(max(num_classes, 2))
+  level = np.clip(np.asarray(entropy, np.float64) / scale, 0.0, 1.0)
+  gray = np.round(level * 255).astype(np.uint8)
+  return np.repeat(gray[..., None], 3, axis=-1)
+
+
 def prediction_panel(images: np.ndarray, labels: np.ndarray, preds: np.ndarray,
-                     colorize) -> np.ndarray:
-  """Rows of image | ground truth | prediction, uint8 (N*H, 3*W + gaps, 3).
+                     colorize, uncertainty: np.ndarray | None = None,
+                     num_classes: int | None = None) -> np.ndarray:
+  """Rows of image | ground truth | prediction [| uncertainty], uint8.
 
   `colorize` maps a class-index map to RGB (LabelSpec.colorize); ignored ground
-  truth pixels come out black.
+  truth pixels come out black. `uncertainty` (N, H, W) is predictive entropy,
+  drawn with uncertainty_image (needs num_classes).
   """
   rows = []
   gap = 4
-  for img, lab, pred in zip(images, labels, preds):
+  for i, (img, lab, pred) in enumerate(zip(images, labels, preds)):
     h, w = lab.shape
     sep = np.full((h, gap, 3), 255, np.uint8)
-    rows.append(np.concatenate([np.asarray(img, np.uint8)[:h, :w], sep, colorize(lab), sep,
-                                colorize(pred)], axis=1))
+    cols = [np.asarray(img, np.uint8)[:h, :w], sep, colorize(lab), sep, colorize(pred)]
+    if uncertainty is not None:
+      cols += [sep, uncertainty_image(uncertainty[i][:h, :w], num_classes)]
+    rows.append(np.concatenate(cols, axis=1))
     rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
   return np.concatenate(rows[:-1], axis=0)

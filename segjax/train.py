@@ -60,17 +60,41 @@ def build_model(config):
       freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **m.kwargs.to_dict())
 
 
+def split_outputs(outputs) -> tuple[jax.Array, jax.Array | None]:
+  """(logits, aux logits or None) from a model's output: an array, or a dict
+  {'logits', 'aux'} for models with an auxiliary head."""
+  if isinstance(outputs, dict):
+    return outputs['logits'], outputs.get('aux')
+  return outputs, None
+
+
+def load_pretrained(config) -> tuple[dict, dict] | None:
+  """(variables, meta) from config.model.pretrained, or None."""
+  if not config.model.pretrained:
+    return None
+  from segjax.models import convert  # pylint: disable=g-import-not-at-top
+  return convert.load_pretrained(config.model.pretrained)
+
+
+def _exclude_patterns(config) -> tuple[str, ...]:
+  return tuple(p.strip() for p in str(config.model.pretrained_exclude).split(',') if p.strip())
+
+
 def variables_of(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def _init_fn(config, model, tx):
+def _init_fn(config, model, tx, pretrained_meta=None):
   h, w = tuple(config.data.crop_size)
 
-  def init(rng):
+  def init(rng, pretrained=None):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({'params': params_rng, 'dropout': dropout_rng},
                            jnp.zeros((1, h, w, 3), jnp.float32), train=False)
+    if pretrained is not None:
+      from segjax.models import convert  # pylint: disable=g-import-not-at-top
+      variables = convert.merge_pretrained(variables, pretrained, pretrained_meta,
+                                           _exclude_patterns(config))
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}),
@@ -80,10 +104,29 @@ def _init_fn(config, model, tx):
 
 
 def init_state(config, model, tx, mesh) -> TrainState:
-  """Initialises the state on device, replicated over the mesh."""
+  """Initialises the state on device, replicated over the mesh; with
+  config.model.pretrained, the converted weights replace the random init."""
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0)
-  init = jax.jit(_init_fn(config, model, tx), out_shardings=sharding_lib.replicated(mesh))
-  return init(rng)
+  loaded = load_pretrained(config)
+  repl = sharding_lib.replicated(mesh)
+  if loaded is None:
+    return jax.jit(_init_fn(config, model, tx), out_shardings=repl)(rng)
+  pretrained, meta = loaded
+  init = jax.jit(_init_fn(config, model, tx, meta), out_shardings=repl)
+  # Only the leaves the model has travel to the device.
+  from segjax.models import convert  # pylint: disable=g-import-not-at-top
+  dropped = convert.dropped_leaves(_variable_shapes(config, model), pretrained, meta)
+  if dropped and jax.process_index() == 0:
+    print(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model does '
+          f'not have are not used: {dropped[:6]}', flush=True)
+  return init(rng, pretrained)
+
+
+def _variable_shapes(config, model) -> dict:
+  h, w = tuple(config.data.crop_size)
+  x = jnp.zeros((1, h, w, 3), jnp.float32)
+  return jax.eval_shape(lambda: model.init({'params': jax.random.key(0),
+                                            'dropout': jax.random.key(1)}, x, train=False))
 
 
 def abstract_state(config, model, mesh, tx=None) -> TrainState:
@@ -102,6 +145,7 @@ def make_train_step(config, model, tx, schedule) -> Callable:
                              label_smoothing=float(config.loss.label_smoothing))
   num_classes = int(config.data.num_classes)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
+  aux_weight = float(config.loss.aux_weight)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -109,10 +153,14 @@ def make_train_step(config, model, tx, schedule) -> Callable:
     labels = batch['label']
 
     def compute_loss(params):
-      logits, new_vars = model.apply(
+      outputs, new_vars = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
           mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      return loss_fn(logits, labels), (logits, new_vars)
+      logits, aux = split_outputs(outputs)
+      loss = loss_fn(logits, labels)
+      if aux is not None:
+        loss = loss + aux_weight * loss_fn(aux, labels)
+      return loss, (logits, new_vars)
 
     (loss, (logits, new_vars)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
         state.params)
@@ -215,8 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            mesh, num_panel_images=int(config.eval.num_panel_images))
       writer.write_scalars(step, eval_lib.scalar_metrics(res), prefix='val/')
       if panel is not None:
+        mc = int(config.eval.mc_samples) > 1
         writer.write_image(step, 'val_predictions', log_lib.prediction_panel(
-            panel['image'], panel['label'], panel['pred'], spec.colorize))
+            panel['image'], panel['label'], panel['pred'], spec.colorize,
+            uncertainty=panel['uncertainty'] if mc else None, num_classes=spec.num_classes))
       eval_lib.write_result(workdir, val_split, step, res)
       return res
 

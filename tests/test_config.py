@@ -21,6 +21,15 @@ CONFIG_ARGS = {
     'unet_mobilenetv2.py': [
         '', 'runlocal', 'freeze_encoder', 'dataset=camvid', 'dataset=isbi,runlocal',
         'dataset=synthetic', 'runlocal,freeze_encoder'],
+    'deeplabv3.py': [
+        '', 'runlocal', 'backbone=resnet101,output_stride=8', 'backbone=resnet152,aux',
+        'torchvision', 'dataset=camvid,runlocal'],
+    'fcn.py': [
+        '', 'runlocal', 'variant=16s', 'variant=32s,upsample=transposed',
+        'backbone=resnet50,variant=8s', 'backbone=resnet101,torchvision', 'dataset=isbi'],
+    'segnet.py': [
+        '', 'runlocal', 'bayesian', 'bayesian,mc_samples=8,dataset=synthetic,runlocal'],
+    'dsrfcn.py': ['', 'runlocal', 'dataset=camvid'],
 }
 
 

@@ -1,0 +1,51 @@
+r"""DeepLabV3 (Chen et al., 2017) on a dilated ResNet-50/101/152.
+
+Multi-grid (1, 2, 4) in the last stage, ASPP with rates 6/12/18 at output
+stride 16 (12/24/36 at 8) and image pooling, BatchNorm everywhere. With
+`torchvision` the model is exactly torchvision's deeplabv3_resnet50/101
+(output stride 8, no multi-grid, auxiliary FCN head on layer3), so weights
+converted with `python -m segjax.convert --from=torchvision
+--arch=deeplabv3_resnet50` load as the whole model.
+
+Arguments:
+  runlocal          shrink the run for a 2-core CPU
+  dataset=NAME      synthetic (default) | camvid | isbi | pets
+  backbone=NAME     resnet50 (default) | resnet101 | resnet152
+  output_stride=N   16 (default) or 8
+  aux               add the auxiliary FCN head on layer3 (loss weight loss.aux_weight)
+  torchvision       torchvision's layout: output stride 8, no multi-grid, aux head
+
+  python launch.py --config=configs/deeplabv3.py:runlocal --workdir=runs/dlv3
+  python -m segjax.convert --from=torchvision --arch=resnet50 --weights=resnet50.pth \
+      --out=weights/resnet50
+  python launch.py --config=configs/deeplabv3.py:dataset=camvid \
+      --config.data.root=../shared/data/camvid --config.model.pretrained=weights/resnet50 \
+      --workdir=runs/dlv3_camvid
+"""
+
+from configs import common
+from segjax import config as config_lib
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, runlocal=False, dataset='synthetic', backbone='resnet50',
+                       output_stride=16, aux=False, torchvision=False)
+  c = config_lib.base_config()
+  common.set_dataset(c, a.dataset)
+  c.model.name = 'deeplabv3'
+  c.model.backbone = a.backbone
+  c.model.output_stride = 8 if a.torchvision else a.output_stride
+  if a.torchvision:
+    c.model.kwargs.multi_grid = None
+  c.model.kwargs.aux_head = a.aux or a.torchvision
+  common.recipe(c, a.dataset, a.runlocal)
+  if not a.runlocal:
+    # Chen et al. 2017: SGD, lr 0.007 at batch 16, poly 0.9, weight decay 1e-4.
+    common.paper_sgd(c, lr=0.007)
+  else:
+    # ResNet-50 is ~20x MobileNetV2-0.35's compute: fewer, smaller steps.
+    c.batch_size = 8
+    c.total_steps = min(c.total_steps, 300)
+    c.eval_every = min(c.eval_every, c.total_steps)
+    c.checkpoint_every = c.eval_every
+  return c

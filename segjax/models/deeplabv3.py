@@ -11,35 +11,13 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models import layers
-from segjax.models.backbones import backbone_class, make_backbone
+from segjax.models.backbones import backbone_class, backbone_kwargs_items, make_backbone
 from segjax.models.backbones import resnet
 
 # ASPP rates of the paper at output_stride 16 and 8 (sec. 4.3: doubled at 8);
 # 32 continues the scaling, as in deeplabv3plus.py. torchvision always uses
 # (12, 24, 36) with its output-stride-8 backbones.
 _DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
-
-
-class FCNHead(nn.Module):
-  """torchvision's FCNHead: 3x3 conv (no bias) -> BN -> ReLU -> dropout -> 1x1 conv."""
-  num_classes: int
-  channels: int = 256
-  dropout_rate: float = 0.1
-  padding: str = 'SYMMETRIC'
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.Conv(self.channels, (3, 3), padding=layers.conv_padding(self.padding, 3),
-                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=layers.he_normal, name='conv')(x)
-    x = layers.batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                          dtype=self.dtype, name='bn')(x)
-    x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                   name='classifier')(x)
 
 
 class DeepLabV3(nn.Module):
@@ -121,15 +99,8 @@ class DeepLabV3(nn.Module):
       raise ValueError(f'width_multiplier {self.width_multiplier!r} must be > 0')
     layers.canonical_dtype(self.dtype)
     layers.check_padding(self.padding)
-    # Normalise config lists / dicts into hashable tuples (module attributes
-    # must hash for jit's static arguments).
-    kwargs = self.backbone_kwargs
-    try:
-      items = tuple(sorted(dict(kwargs.items() if isinstance(kwargs, dict) else kwargs)
-                           .items()))
-    except (TypeError, ValueError):
-      raise ValueError(f'backbone_kwargs {kwargs!r} must be a dict or (key, value) '
-                       'pairs') from None
+    # Hashable pairs (module attributes must hash for jit's static arguments).
+    items = backbone_kwargs_items(self.backbone, self.backbone_kwargs)
     object.__setattr__(self, 'backbone_kwargs', items)
     if self.multi_grid is not None:
       object.__setattr__(self, 'multi_grid', tuple(self.multi_grid))
@@ -140,10 +111,6 @@ class DeepLabV3(nn.Module):
     if self.multi_grid is not None and 'multi_grid' not in fields:
       raise ValueError(f'multi_grid {self.multi_grid!r} needs a ResNet backbone; set '
                        f'multi_grid=None for backbone {self.backbone!r}')
-    unknown = sorted(set(dict(items)) - fields)
-    if unknown:
-      raise ValueError(f'backbone_kwargs {unknown!r} are not arguments of backbone '
-                       f'{self.backbone!r}')
     if self.multi_grid is not None:
       resnet.check_multi_grid(self.multi_grid)
     super().__post_init__()
@@ -174,7 +141,7 @@ class DeepLabV3(nn.Module):
     logits = layers.resize_bilinear(x, (h, w)).astype(jnp.float32)
     if not self.aux_head:
       return logits
-    aux = FCNHead(self.num_classes, self.aux_channels, self.head_dropout, self.padding,
+    aux = layers.FCNHead(self.aux_channels, self.num_classes, self.head_dropout, self.padding,
                   **common, name='aux_head')(feats['stride16'], train=train)
     aux = layers.resize_bilinear(aux, (h, w)).astype(jnp.float32)
     return {'logits': logits, 'aux': aux}

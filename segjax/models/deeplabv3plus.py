@@ -48,8 +48,13 @@ class DeepLabV3Plus(nn.Module):
   dropout_rate: float = 0.1
   padding: str = 'SAME'
   depthwise_impl: str = 'auto'
+  # Extra backbone arguments, e.g. {'bn_epsilon': 1e-5} for torchvision
+  # MobileNetV2 weights (Keras' is the default 1e-3).
+  backbone_kwargs: Any = ()
 
   def __post_init__(self):
+    object.__setattr__(self, 'backbone_kwargs',
+                       backbones.backbone_kwargs_items(self.backbone, self.backbone_kwargs))
     if self.num_classes < 1:
       raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
     if self.output_stride not in (8, 16, 32):
@@ -65,7 +70,7 @@ class DeepLabV3Plus(nn.Module):
     return backbones.make_backbone(
         self.backbone, width_multiplier=self.width_multiplier, output_stride=self.output_stride,
         bn_momentum=self.bn_momentum, padding=self.padding, depthwise_impl=self.depthwise_impl,
-        dtype=layers.canonical_dtype(self.dtype), **extra)
+        dtype=layers.canonical_dtype(self.dtype), **dict(self.backbone_kwargs), **extra)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:

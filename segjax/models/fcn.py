@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segjax.models import layers
-from segjax.models.backbones import make_backbone
+from segjax.models.backbones import backbone_kwargs_items, make_backbone
 
 VGG_BACKBONES = ('vgg16', 'vgg16_bn')
 RESNET_BACKBONES = ('resnet50', 'resnet101')
@@ -96,30 +96,6 @@ def fit_to(x: jax.Array, size: tuple[int, int]) -> jax.Array:
   return x
 
 
-class FCNHead(nn.Module):
-  """torchvision FCNHead: 3x3 conv (no bias) -> BN -> ReLU -> Dropout -> 1x1 conv."""
-  features: int
-  num_classes: int
-  dropout_rate: float = _RESNET_DROPOUT
-  padding: str = 'SYMMETRIC'
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    # torchvision's init: kaiming_uniform_(a=sqrt(5)) = variance 1/(3 fan_in).
-    torch_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-    x = nn.Conv(self.features, (3, 3), padding=layers.conv_padding(self.padding, 3),
-                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=torch_init, name='conv')(x)
-    x = layers.batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                          dtype=self.dtype, name='bn')(x)
-    x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=torch_init, name='classifier')(x)
-
-
 class FCN(nn.Module):
   """FCN-32s / 16s / 8s.
 
@@ -165,12 +141,15 @@ class FCN(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   padding: str | None = None
+  backbone_kwargs: Any = ()  # Extra backbone arguments, e.g. {'bn_epsilon': 1.001e-5}.
 
   def __post_init__(self):
     if self.num_classes < 1:
       raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
     if self.backbone not in BACKBONES:
       raise ValueError(f'unknown backbone {self.backbone!r} for FCN; known: {BACKBONES}')
+    object.__setattr__(self, 'backbone_kwargs',
+                       backbone_kwargs_items(self.backbone, self.backbone_kwargs))
     if self.output_stride not in (8, 16, 32):
       raise ValueError(f'output_stride {self.output_stride!r} is not one of (8, 16, 32)')
     if self.variant not in VARIANTS:
@@ -219,6 +198,7 @@ class FCN(nn.Module):
     if vgg:
       common.update(include_fc=True, fc_channels=self.head_channels or _VGG_HEAD_CHANNELS,
                     dropout_rate=dropout)
+    common.update(self.backbone_kwargs)
     encoder = make_backbone(self.backbone, width_multiplier=self.width_multiplier,
                             name_='backbone', **common)
     feats = encoder(images, train=train and not self.freeze_encoder)
@@ -235,7 +215,7 @@ class FCN(nn.Module):
       score = conv1x1('score_fr', zeros)(feats['fc7'])
     else:
       top = feats['stride32']
-      score = FCNHead(self.head_channels or top.shape[-1] // _FCN_HEAD_REDUCTION, **head,
+      score = layers.FCNHead(self.head_channels or top.shape[-1] // _FCN_HEAD_REDUCTION, **head,
                       name='head')(top, train=train)
 
     stride = min(32, self.output_stride)
@@ -250,7 +230,7 @@ class FCN(nn.Module):
     if not self.aux_head:
       return logits
     mid = feats['stride16']
-    aux = FCNHead(mid.shape[-1] // _FCN_HEAD_REDUCTION, **head, name='aux_head')(
+    aux = layers.FCNHead(mid.shape[-1] // _FCN_HEAD_REDUCTION, **head, name='aux_head')(
         mid, train=train)
     aux = layers.resize_bilinear(aux, (h, w)).astype(jnp.float32)
     return {'logits': logits, 'aux': aux}

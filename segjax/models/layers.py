@@ -277,3 +277,27 @@ class ASPP(nn.Module):
     y = jnp.concatenate(branches, axis=-1)
     y = ConvBNAct(self.features, 1, **common, name='projection')(y, train=train)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class FCNHead(nn.Module):
+  """torchvision FCNHead: 3x3 conv (no bias) -> BN -> ReLU -> Dropout -> 1x1 conv."""
+  features: int
+  num_classes: int
+  dropout_rate: float = 0.1
+  padding: str = 'SYMMETRIC'
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    # torchvision's init: kaiming_uniform_(a=sqrt(5)) = variance 1/(3 fan_in).
+    torch_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+    x = nn.Conv(self.features, (3, 3), padding=conv_padding(self.padding, 3),
+                use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=torch_init, name='conv')(x)
+    x = batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                          dtype=self.dtype, name='bn')(x)
+    x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=torch_init, name='classifier')(x)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from segjax.models import layers
+from segjax.models import backbones
 from segjax.models.backbones import mobilenet_v2
 
 # pix2pix.upsample's kernel init: tf.random_normal_initializer(0., 0.02).
@@ -75,6 +76,8 @@ class UNet(nn.Module):
   dropout_rate: float = 0.0
   padding: str = 'SAME'
   depthwise_impl: str = 'auto'
+  # Extra encoder arguments, e.g. {'bn_epsilon': 1e-5} for torchvision weights.
+  backbone_kwargs: Any = ()
 
   def __post_init__(self):
     if self.num_classes < 1:
@@ -85,6 +88,8 @@ class UNet(nn.Module):
     if self.output_stride != 32:
       raise ValueError(f"output_stride {self.output_stride!r} is not supported by 'unet' "
                        '(only 32: its decoder upsamples 5 times)')
+    object.__setattr__(self, 'backbone_kwargs',
+                       backbones.backbone_kwargs_items('mobilenetv2', self.backbone_kwargs))
     n_skips = len(mobilenet_v2.UNET_TAPS) - 1
     if len(self.decoder_filters) != n_skips:
       raise ValueError(f'decoder_filters {self.decoder_filters!r} must have {n_skips} '
@@ -102,7 +107,8 @@ class UNet(nn.Module):
     encoder = mobilenet_v2.MobileNetV2(
         width_multiplier=self.width_multiplier, output_stride=32, final_project_bn=False,
         bn_momentum=self.bn_momentum, padding=self.padding,
-        depthwise_impl=self.depthwise_impl, dtype=dtype, name='backbone')
+        depthwise_impl=self.depthwise_impl, dtype=dtype, name='backbone',
+        **dict(self.backbone_kwargs))
     feats = encoder(x, train=train and not self.freeze_encoder)
     skips = [feats[k] for k in mobilenet_v2.UNET_TAPS]
     if self.freeze_encoder:

@@ -117,8 +117,9 @@ def test_cli_converts_and_training_starts_from_it(tmp_path):
   assert again.returncode == 2 and 'exists' in again.stderr
 
   expected, meta = convert.convert('torchvision', 'mobilenet_v2', str(weights))
-  c = _tiny_config(name='deeplabv3plus', backbone='mobilenetv2',
-                   kwargs={'padding': 'SYMMETRIC'}, pretrained=str(out))
+  c = _tiny_config(**meta['model'], name='deeplabv3plus', pretrained=str(out))
+  assert c.model.kwargs.to_dict() == {'padding': 'SYMMETRIC',
+                                      'backbone_kwargs': {'bn_epsilon': 1e-5}}
   model = train.build_model(c)
   tx, _ = optim.make_optimizer(c)
   mesh = sharding.make_mesh()
@@ -133,11 +134,24 @@ def test_cli_converts_and_training_starts_from_it(tmp_path):
     assert np.array_equal(got_p[k], want_p[k]), k
   for k in got_s:
     assert np.array_equal(got_s[k], want_s[k]), k
-  random_state = train.init_state(_tiny_config(name='deeplabv3plus', backbone='mobilenetv2',
-                                               kwargs={'padding': 'SYMMETRIC'}),
+  random_state = train.init_state(_tiny_config(**meta['model'], name='deeplabv3plus'),
                                   model, tx, mesh)
   assert np.array_equal(jax.device_get(state.params['classifier']['kernel']),
                         jax.device_get(random_state.params['classifier']['kernel']))
+  # With the converter's config entries the model's encoder computes
+  # torchvision's features: stride16 = features.13's expand ReLU6 output.
+  encoder = model._encoder(parent=None)  # pylint: disable=protected-access
+  x = np.random.default_rng(0).standard_normal((1, 3, 65, 97)).astype(np.float32)
+  feats = encoder.apply({'params': state.params['backbone'],
+                         'batch_stats': state.batch_stats['backbone']},
+                        jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+  taps = {}
+  net.eval()
+  net.features[14].conv[0].register_forward_hook(lambda m, i, o: taps.setdefault('s16', o))
+  with torch.no_grad():
+    net(torch.from_numpy(x))
+  util.check('torchvision mobilenet_v2 vs segjax DeepLabV3+ encoder from config.model entries',
+             feats['stride16'], taps['s16'].numpy().transpose(0, 2, 3, 1))
 
 
 def test_whole_torchvision_model_through_pretrained_config(tmp_path):

@@ -193,9 +193,11 @@ def test_keras_vgg16_notop_features():
   model = _keras_vgg16(False, (65, 97, 3))
   assert vgg_convert.keras_vgg_layers(16, include_top=False) == [
       (l.name, type(l).__name__) for l in model.layers if l.weights]
-  variables = vgg_convert.CONVERTERS[('keras', 'vgg16')].fn(
+  variables = vgg_convert.CONVERTERS[('keras', 'vgg16_notop')].fn(
       SourceWeights(util.keras_weights(model)))
   module = vgg.VGG(depth=16)
+  with pytest.raises(ConversionError, match='vgg16_notop'):
+    vgg_convert.CONVERTERS[('keras', 'vgg16')].fn(SourceWeights(util.keras_weights(model)))
   check_matches(variables, _init_shapes(module, (1, 65, 97, 3)))
   taps = keras.Model(model.input, [model.get_layer(f'block{b}_pool').output
                                    for b in (3, 4, 5)])
@@ -212,7 +214,7 @@ def test_keras_wrong_arch_is_an_error():
   weights = util.keras_weights(model)
   missing = {k: v for k, v in weights.items() if not k.startswith('block5_conv3')}
   with pytest.raises(ConversionError, match='block5_conv3'):
-    vgg_convert.CONVERTERS[('keras', 'vgg16')].fn(SourceWeights(missing))
+    vgg_convert.CONVERTERS[('keras', 'vgg16_notop')].fn(SourceWeights(missing))
   extra = dict(weights, **{'block6_conv1/0': np.zeros((1,), np.float32)})
   with pytest.raises(ConversionError, match='block6_conv1'):
-    vgg_convert.CONVERTERS[('keras', 'vgg16')].fn(SourceWeights(extra))
+    vgg_convert.CONVERTERS[('keras', 'vgg16_notop')].fn(SourceWeights(extra))

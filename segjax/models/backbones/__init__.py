@@ -33,6 +33,23 @@ def backbone_class(name: str) -> tuple[type, dict[str, Any]]:
   return getattr(mod, cls), dict(fixed)
 
 
+def backbone_kwargs_items(name: str, kwargs: Any) -> tuple[tuple[str, Any], ...]:
+  """A model's `backbone_kwargs` (a dict or (key, value) pairs, e.g.
+  {'bn_epsilon': 1e-5} for torchvision MobileNetV2 weights) as sorted,
+  hashable pairs; each key must be an argument of backbone `name`."""
+  try:
+    items = dict(kwargs.items() if hasattr(kwargs, 'items') else kwargs or ())
+  except (TypeError, ValueError):
+    raise ValueError(f'backbone_kwargs {kwargs!r} must be a dict or (key, value) pairs'
+                     ) from None
+  cls, _ = backbone_class(name)
+  fields = {f.name for f in dataclasses.fields(cls) if f.init}
+  unknown = sorted(set(items) - fields)
+  if unknown:
+    raise ValueError(f'backbone_kwargs {unknown!r} are not arguments of backbone {name!r}')
+  return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
+
+
 def make_backbone(name: str, *, width_multiplier: float = 1.0, name_: str = 'backbone',
                   **kwargs) -> Any:
   """Builds backbone `name` as a submodule called 'backbone' (the optimizer's
@@ -55,4 +72,4 @@ def make_backbone(name: str, *, width_multiplier: float = 1.0, name_: str = 'bac
   return cls(name=name_, **args)
 
 
-__all__ = ['BACKBONES', 'backbone_class', 'make_backbone']
+__all__ = ['BACKBONES', 'backbone_class', 'backbone_kwargs_items', 'make_backbone']

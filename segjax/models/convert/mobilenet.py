@@ -177,9 +177,9 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
         kind='backbone',
         build=functools.partial(mobilenet_v2.MobileNetV2, include_last_conv=True,
                                 padding='SYMMETRIC', bn_epsilon=1e-5),
-        # torchvision's BatchNorm epsilon is 1e-5; segmentation models build
-        # their MobileNetV2 with the Keras 1e-3, which these entries cannot
-        # change (a 1e-3 vs 1e-5 shift of the variance in every BN).
-        model={'backbone': 'mobilenetv2', 'padding': 'SYMMETRIC'},
+        # torchvision pads symmetrically and uses BatchNorm epsilon 1e-5
+        # (segmentation models default to Keras' 1e-3: backbone_kwargs).
+        model={'backbone': 'mobilenetv2', 'padding': 'SYMMETRIC',
+               'backbone_kwargs': {'bn_epsilon': 1e-5}},
         peer='torchvision.models.mobilenet_v2'),
 }

@@ -197,7 +197,7 @@ CONVERTERS: dict[tuple[str, str], Converter] = {
         fn=keras_resnet50, kind='backbone',
         build=functools.partial(_build_resnet, 50, **KERAS_RESNET50_KWARGS),
         model={'backbone': 'resnet50', 'padding': 'SYMMETRIC',
-               'kwargs': {'backbone_kwargs': tuple(sorted(KERAS_RESNET50_KWARGS.items()))}},
+               'backbone_kwargs': dict(KERAS_RESNET50_KWARGS)},
         peer='keras.applications.ResNet50(include_top=False)',
         keras_layers=keras_resnet50_layers),
     **{('torchvision', f'deeplabv3_resnet{d}'): _torchvision_deeplabv3(d) for d in (50, 101)},

@@ -177,3 +177,13 @@ def paper_sgd(c, lr, weight_decay=1e-4, momentum=0.9):
   c.schedule.name = 'poly'
   c.schedule.power = 0.9
   return c
+
+
+def shorten_for_cpu(c, steps=300):
+  """runlocal for the heavy (ResNet/VGG) models: batch 8 and at most `steps`
+  steps, ~20x MobileNetV2-0.35's compute per image."""
+  c.batch_size = 8
+  c.total_steps = min(c.total_steps, steps)
+  c.eval_every = min(c.eval_every, c.total_steps)
+  c.checkpoint_every = c.eval_every
+  return c

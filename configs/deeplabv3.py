@@ -43,9 +43,5 @@ def get_config(arg=None):
     # Chen et al. 2017: SGD, lr 0.007 at batch 16, poly 0.9, weight decay 1e-4.
     common.paper_sgd(c, lr=0.007)
   else:
-    # ResNet-50 is ~20x MobileNetV2-0.35's compute: fewer, smaller steps.
-    c.batch_size = 8
-    c.total_steps = min(c.total_steps, 300)
-    c.eval_every = min(c.eval_every, c.total_steps)
-    c.checkpoint_every = c.eval_every
+    common.shorten_for_cpu(c)
   return c

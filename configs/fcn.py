@@ -43,8 +43,5 @@ def get_config(arg=None):
     # 16), momentum 0.9, weight decay 1e-4, poly 0.9.
     common.paper_sgd(c, lr=0.01)
   else:
-    c.batch_size = 8
-    c.total_steps = min(c.total_steps, 300)
-    c.eval_every = min(c.eval_every, c.total_steps)
-    c.checkpoint_every = c.eval_every
+    common.shorten_for_cpu(c)
   return c

@@ -39,8 +39,5 @@ def get_config(arg=None):
     common.paper_sgd(c, lr=0.01, weight_decay=5e-4)
     c.loss.class_weights = common.CAMVID_CLASS_WEIGHTS
   if a.runlocal:
-    c.batch_size = 8
-    c.total_steps = min(c.total_steps, 300)
-    c.eval_every = min(c.eval_every, c.total_steps)
-    c.checkpoint_every = c.eval_every
+    common.shorten_for_cpu(c)
   return c

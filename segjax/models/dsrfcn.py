@@ -158,14 +158,8 @@ class DSRFCN(nn.Module):
   depthwise_impl: str = 'auto'
 
   def __post_init__(self):
-    if self.num_classes < 1:
-      raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
-    if self.backbone != 'dsrfcn':
-      raise ValueError(f"backbone {self.backbone!r} is not supported by 'dsrfcn' "
-                       "(only its own encoder, 'dsrfcn')")
-    if self.output_stride != 32:
-      raise ValueError(f"output_stride {self.output_stride!r} is not supported by 'dsrfcn' "
-                       '(only 32: its stages are separated by pooling)')
+    layers.check_fixed_encoder(self, 'dsrfcn', ('dsrfcn',), 32,
+                               'its stages are separated by pooling')
     stage_widths(self.stage_channels, self.width_multiplier)
     layers.check_module_args(self)
     super().__post_init__()
@@ -174,8 +168,7 @@ class DSRFCN(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     dtype = layers.canonical_dtype(self.dtype)
     h, w = images.shape[1:3]
-    ph, pw = -h % 32, -w % 32
-    x = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0))) if ph or pw else images
+    x = layers.pad_to_multiple(images, 32)
 
     encoder = DSRFCNEncoder(tuple(self.stage_channels), self.width_multiplier,
                             bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,

@@ -97,6 +97,29 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """Zero-pads NHWC `x` at the bottom and right so that H and W are multiples
+  of `multiple` (zero is the mean of normalised images); callers crop the
+  logits back with [:, :h, :w]."""
+  h, w = x.shape[1:3]
+  ph, pw = -h % multiple, -w % multiple
+  return jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0))) if ph or pw else x
+
+
+def check_fixed_encoder(model, model_name: str, backbones: Sequence[str],
+                        output_stride: int, why: str) -> None:
+  """Checks num_classes, and the backbone and output_stride of a model whose
+  encoder admits only `backbones` and `output_stride` (`why` says why)."""
+  if model.num_classes < 1:
+    raise ValueError(f'num_classes {model.num_classes!r} must be >= 1')
+  if model.backbone not in backbones:
+    raise ValueError(f'backbone {model.backbone!r} is not supported by {model_name!r} '
+                     f'(only {", ".join(repr(b) for b in backbones)})')
+  if model.output_stride != output_stride:
+    raise ValueError(f'output_stride {model.output_stride!r} is not supported by '
+                     f'{model_name!r} (only {output_stride}: {why})')
+
+
 def check_module_args(module) -> None:
   """Shared argument checks of models and backbones; errors name the value."""
   canonical_dtype(module.dtype)

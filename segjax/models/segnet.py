@@ -127,14 +127,7 @@ class SegNet(nn.Module):
   padding: str = 'SAME'
 
   def __post_init__(self):
-    if self.num_classes < 1:
-      raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
-    if self.backbone not in BACKBONES:
-      raise ValueError(f'backbone {self.backbone!r} is not supported by SegNet '
-                       f'(only {BACKBONES})')
-    if self.output_stride != 32:
-      raise ValueError(f'output_stride {self.output_stride!r} is not supported by SegNet '
-                       '(only 32: its decoder unpools 5 times)')
+    layers.check_fixed_encoder(self, 'segnet', BACKBONES, 32, 'its decoder unpools 5 times')
     vgg.check_common_args(self)
     super().__post_init__()
 
@@ -142,8 +135,7 @@ class SegNet(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     dtype = layers.canonical_dtype(self.dtype)
     h, w = images.shape[1:3]
-    ph, pw = -h % _MULTIPLE, -w % _MULTIPLE
-    x = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0))) if ph or pw else images
+    x = layers.pad_to_multiple(images, _MULTIPLE)
     x = x.astype(dtype)
 
     common = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=dtype)

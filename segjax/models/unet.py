@@ -80,14 +80,8 @@ class UNet(nn.Module):
   backbone_kwargs: Any = ()
 
   def __post_init__(self):
-    if self.num_classes < 1:
-      raise ValueError(f'num_classes {self.num_classes!r} must be >= 1')
-    if self.backbone != 'mobilenetv2':
-      raise ValueError(f"backbone {self.backbone!r} is not supported by 'unet' "
-                       "(only 'mobilenetv2')")
-    if self.output_stride != 32:
-      raise ValueError(f"output_stride {self.output_stride!r} is not supported by 'unet' "
-                       '(only 32: its decoder upsamples 5 times)')
+    layers.check_fixed_encoder(self, 'unet', ('mobilenetv2',), 32,
+                               'its decoder upsamples 5 times')
     object.__setattr__(self, 'backbone_kwargs',
                        backbones.backbone_kwargs_items('mobilenetv2', self.backbone_kwargs))
     n_skips = len(mobilenet_v2.UNET_TAPS) - 1
@@ -101,8 +95,7 @@ class UNet(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     dtype = layers.canonical_dtype(self.dtype)
     h, w = images.shape[1:3]
-    ph, pw = -h % 32, -w % 32
-    x = jnp.pad(images, ((0, 0), (0, ph), (0, pw), (0, 0))) if ph or pw else images
+    x = layers.pad_to_multiple(images, 32)
 
     encoder = mobilenet_v2.MobileNetV2(
         width_multiplier=self.width_multiplier, output_stride=32, final_project_bn=False,

@@ -94,7 +94,8 @@ def make_eval_step(model, config, mesh) -> Callable:
 
 
 def evaluate_split(eval_step: Callable, variables: Any, config, split: str, mesh, *,
-                   num_panel_images: int = 0, limit: Optional[int] = None) -> tuple[dict, Optional[dict]]:
+                   num_panel_images: int = 0,
+                   limit: Optional[int] = None) -> tuple[dict, Optional[dict]]:
   """Runs the whole split. Returns (metrics, panel arrays or None).
 
   Panels hold image/label/prediction/uncertainty (predictive entropy) of the

@@ -25,7 +25,7 @@ from segjax.models.convert import common
 from segjax.models.convert import readers
 from tests.parity import util
 
-torch = pytest.importorskip('torch', reason='parity group: pip install -r requirements-peers.txt')
+torch = pytest.importorskip('torch', reason=util.PEERS)
 torchvision = pytest.importorskip('torchvision', reason='parity group needs torchvision')
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -47,7 +47,7 @@ def _keras_model(alpha, hw):
 def test_keras_mobilenetv2_output_and_unet_taps(alpha, hw):
   """keras.applications.MobileNetV2(include_top=False): out_relu and the five
   TF-tutorial U-Net taps vs segjax MobileNetV2(include_last_conv=True)."""
-  import keras
+  keras = pytest.importorskip('keras', reason=util.PEERS)
   model = _keras_model(alpha, hw)
   arch = 'mobilenetv2' if alpha == 1.0 else f'mobilenetv2_{alpha}'
   conv = mobilenet.CONVERTERS[('keras', arch)]
@@ -126,7 +126,7 @@ _TORCH_TAPS = {
 def test_torchvision_mobilenet_v2_features(torch_mobilenet, hw):
   """torchvision mobilenet_v2 features (features.18 output and, via forward
   hooks, the stage taps) vs segjax MobileNetV2(padding='SYMMETRIC')."""
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   conv = mobilenet.CONVERTERS[('torchvision', 'mobilenet_v2')]
   variables = conv.fn(common.SourceWeights(util.torch_weights(torch_mobilenet)))
   module = conv.build()
@@ -151,7 +151,7 @@ def test_torchvision_mobilenet_v2_features(torch_mobilenet, hw):
 def test_torchvision_conversion_matches_init_and_rejects_wrong_arch(torch_mobilenet):
   """torchvision mobilenet_v2 weights: the converted tree equals our module's
   init structure; dropping a tensor or feeding a width-0.5 model errors."""
-  import torchvision
+  torchvision = pytest.importorskip('torchvision', reason=util.PEERS)
   weights = util.torch_weights(torch_mobilenet)
   conv = mobilenet.CONVERTERS[('torchvision', 'mobilenet_v2')]
   common.check_matches(conv.fn(common.SourceWeights(weights)),

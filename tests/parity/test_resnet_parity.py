@@ -138,7 +138,7 @@ def keras_resnet50():
 def test_keras_resnet50():
   """keras.applications.ResNet50(include_top=False) vs segjax ResNet(stride_in_1x1,
   conv_bias): conv3_block4_out (stride 8) and conv5_block3_out (stride 32)."""
-  import keras
+  keras = pytest.importorskip('keras', reason=util.PEERS)
   peer = keras_resnet50()
   conv = convert_resnet.CONVERTERS[('keras', 'resnet50')]
   assert conv.keras_layers() == [(l.name, type(l).__name__) for l in peer.layers

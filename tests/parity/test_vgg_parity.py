@@ -36,7 +36,7 @@ def _input(shape, seed=0):
 @pytest.fixture(scope='module')
 def torch_vgg16():
   torchvision = pytest.importorskip('torchvision', reason='parity with torchvision needs it')
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   torch.manual_seed(0)
   model = torchvision.models.vgg16(weights=None).eval()
   return model
@@ -45,7 +45,7 @@ def torch_vgg16():
 def test_torchvision_vgg16_classifier_224(torch_vgg16):
   """torchvision.models.vgg16 logits vs segjax VGG(include_fc, fc_padding='VALID',
   num_classes=1000) at 224x224 (AdaptiveAvgPool2d(7) is the identity there)."""
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   weights = SourceWeights(util.torch_weights(torch_vgg16))
   variables = vgg_convert.convert_torchvision_vgg(weights, depth=16, include_fc=True,
                                                   include_fc8=True)
@@ -62,7 +62,7 @@ def test_torchvision_vgg16_classifier_224(torch_vgg16):
 @pytest.mark.parametrize('hw', [(65, 97), (64, 96)])
 def test_torchvision_vgg16_features(torch_vgg16, hw):
   """torchvision.models.vgg16 features pool3/pool4/pool5 vs segjax VGG16 stride8/16/32."""
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   converter = vgg_convert.CONVERTERS[('torchvision', 'vgg16')]
   variables = converter.fn(SourceWeights(util.torch_weights(torch_vgg16)))
   module = converter.build()
@@ -87,7 +87,7 @@ def test_torchvision_vgg16_bn_segnet_encoder():
   """torchvision.models.vgg16_bn features (pool5 and every pool's argmax) vs
   segjax SegNet's encoder with the ('torchvision', 'vgg16_bn') converter."""
   torchvision = pytest.importorskip('torchvision', reason='parity with torchvision needs it')
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   torch.manual_seed(1)
   peer_model = torchvision.models.vgg16_bn(weights=None).eval()
   util.randomize_torch_bn(peer_model)
@@ -123,7 +123,7 @@ def test_torchvision_fcn_resnet50():
   """torchvision segmentation.fcn_resnet50(aux_loss=True) 'out'/'aux' vs segjax
   FCN32s(resnet50, output_stride 8, aux_head) at 97x129."""
   torchvision = pytest.importorskip('torchvision', reason='parity with torchvision needs it')
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   torch.manual_seed(2)
   peer_model = torchvision.models.segmentation.fcn_resnet50(
       weights=None, weights_backbone=None, num_classes=21, aux_loss=True).eval()

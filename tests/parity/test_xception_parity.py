@@ -42,7 +42,7 @@ def timm_xception65():
 def test_timm_xception65_features(timm_xception65, hw):
   """timm xception65 forward_features and features_only taps (blocks.{0,1,2,19}
   .stack.act3, blocks.20) vs segjax Xception65(padding='SYMMETRIC') strides."""
-  import torch
+  torch = pytest.importorskip('torch', reason=util.PEERS)
   model, feats, variables = timm_xception65
   assert feats.feature_info.reduction() == [2, 4, 8, 16, 32]
   x = np.random.default_rng(5).standard_normal((1, *hw, 3)).astype(np.float32)

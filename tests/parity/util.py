@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 TOL = 1e-4
+PEERS = 'parity group: pip install -r requirements-peers.txt'
 RESULTS: dict[str, float] = {}
 
 

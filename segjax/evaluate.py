@@ -30,7 +30,7 @@ def mc_model(model, mc_samples: int):
   if mc_samples <= 1:
     return model
   fields = {f.name for f in dataclasses.fields(model)}
-  if 'mc_dropout' not in fields:
+  if 'mc_dropout' not in fields or not getattr(model, 'dropout_rate', 0.0):
     raise ValueError(f'eval.mc_samples={mc_samples} needs a model with Monte Carlo dropout '
                      f"(e.g. 'bayesian_segnet'); {type(model).__name__} has none")
   return model.clone(mc_dropout=True)

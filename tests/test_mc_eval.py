@@ -49,6 +49,8 @@ def test_mc_log_probs_are_the_mean_of_independent_passes():
 def test_mc_samples_needs_a_model_with_mc_dropout():
   with pytest.raises(ValueError, match=r"mc_samples=4.*bayesian_segnet.*DeepLabV3Plus"):
     evaluate.mc_model(models.get_model('deeplabv3plus', num_classes=3), 4)
+  with pytest.raises(ValueError, match=r"mc_samples=2.*SegNet has none"):
+    evaluate.mc_model(models.get_model('segnet', num_classes=3), 2)  # No dropout layers.
 
 
 def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):

@@ -19,3 +19,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep('-', 'parity: max |ours - peer| / max |peer|')
     for name, err in sorted(util.RESULTS.items()):
       terminalreporter.write_line(f'{name:70s} {err:.2e}')
+
+
+def pytest_configure(config):
+  # Keras 3 on numpy 2 warns about __array__(copy=...) on every weight read.
+  config.addinivalue_line('filterwarnings', 'ignore::DeprecationWarning:keras.*')

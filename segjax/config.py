@@ -8,6 +8,8 @@ types, label spec consistency, value ranges) before anything is built.
 from __future__ import annotations
 
 import difflib
+import json
+import os
 
 import ml_collections
 
@@ -121,6 +123,22 @@ def base_config() -> ml_collections.ConfigDict:
   # Monte Carlo dropout passes (Bayesian SegNet): > 1 averages the softmax of
   # that many stochastic passes and adds a predictive-entropy map to the panels.
   c.eval.mc_samples = 1
+  # Inference mode: 'whole' image, or 'slide' windows of eval.crop_size (default
+  # data.crop_size) every eval.stride pixels (default 2/3 of the window), the
+  # overlapping logits averaged. Test-time augmentation on top of either: the
+  # softmax averaged over eval.scales (resize factors) and, with eval.flip,
+  # horizontal flips.
+  c.eval.mode = 'whole'
+  c.eval.crop_size = ()
+  c.eval.stride = ()
+  c.eval.scales = (1.0,)
+  c.eval.flip = False
+
+  # Exponential moving average of the weights (and BatchNorm statistics):
+  # 0 = off; e.g. 0.999. Evaluated alongside the raw weights (val_ema/*,
+  # eval_<split>_<step>_ema.json); checkpoints are ranked by the raw mIoU.
+  c.ema = ml_collections.ConfigDict()
+  c.ema.decay = 0.0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3
@@ -136,6 +154,7 @@ _CHOICES = {
     'data.name': ('synthetic', 'folder', 'tfds'),
     'data.mask_format': ('index', 'palette'),
     'loss.name': ('ce', 'dice_ce', 'dice'),
+    'eval.mode': ('whole', 'slide'),
     'optimizer.name': ('adam', 'adamw', 'sgd', 'rmsprop'),
     'schedule.name': ('constant', 'poly', 'cosine', 'step'),
 }
@@ -200,6 +219,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if given['eval.mc_samples'] < 1:
     raise ConfigError("config key 'eval.mc_samples' must be >= 1, got "
                       f"{given['eval.mc_samples']!r}")
+  for key in ('eval.crop_size', 'eval.stride'):
+    v = given[key]
+    if v and (len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v)):
+      raise ConfigError(f"config key '{key}' must be () or (height, width) positive ints, "
+                        f'got {v!r}')
+  if not given['eval.scales'] or any(not s > 0 for s in given['eval.scales']):
+    raise ConfigError("config key 'eval.scales' must be positive resize factors, got "
+                      f"{given['eval.scales']!r}")
+  if not 0.0 <= given['ema.decay'] < 1.0:
+    raise ConfigError(f"config key 'ema.decay' must be in [0, 1), got {given['ema.decay']!r}")
   if given['loss.aux_weight'] < 0:
     raise ConfigError("config key 'loss.aux_weight' must be >= 0, got "
                       f"{given['loss.aux_weight']!r}")
@@ -246,3 +275,53 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError("config key 'eval.checkpoint' must be 'latest', 'best' or a step "
                       f"number, got {given['eval.checkpoint']!r}")
   return config
+
+
+def _tuples(value):
+  """JSON lists back to the tuples the schema uses (recursively)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def _merge(base: ml_collections.ConfigDict, values: dict, prefix: str = '') -> None:
+  for key, value in values.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
+      if name in _FREE_FORM:
+        base[key] = ml_collections.ConfigDict(_tuples(value))
+      else:
+        _merge(base[key], value, name + '.')
+    else:
+      base[key] = _tuples(value)  # Unknown keys are added so that validate() names them.
+
+
+def from_dict(values: dict, where: str = 'config') -> ml_collections.ConfigDict:
+  """A validated config from its JSON form (a run's config.json or checkpoint
+  meta): laid over base_config(), so keys added to the schema since the run
+  get their defaults, lists become tuples, and unknown keys are rejected.
+  Errors are ConfigError naming `where` and the key."""
+  if not isinstance(values, dict):
+    raise ConfigError(f'{where}: the config is a {type(values).__name__}, not a JSON object')
+  config = base_config()
+  _merge(config, values)
+  try:
+    return validate(config)
+  except ConfigError as e:
+    raise ConfigError(f'{where}: {e}') from None
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The validated config of a training run, from <workdir>/config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such file; --workdir must be a training run '
+                            'directory (it holds config.json and checkpoints/)')
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{path}: not valid JSON ({e})') from None
+  return from_dict(values, path)

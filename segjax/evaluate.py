@@ -11,13 +11,14 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from segjax import metrics as metrics_lib
+from segjax.models import layers
 from segjax import sharding as sharding_lib
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
@@ -36,25 +37,116 @@ def mc_model(model, mc_samples: int):
   return model.clone(mc_dropout=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Inference:
+  """How logits are computed from a batch of normalised images (static).
+
+  mode 'whole' runs the model on the image; 'slide' runs it on windows of
+  `crop` (h, w) placed every `stride` pixels (the last window flush with the
+  border, as mmsegmentation places them), all windows of the batch in one
+  call, and averages the logits where windows overlap. `scales` and `flip`
+  are test-time augmentation on top: the image is resized by each factor
+  (bilinear), optionally also flipped left-right, and the softmax of every
+  view, mapped back to the input size, is averaged.
+  """
+  mode: str = 'whole'
+  crop: tuple[int, int] | None = None
+  stride: tuple[int, int] | None = None
+  scales: tuple[float, ...] = (1.0,)
+  flip: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> 'Inference':
+    e = config.eval
+    crop = tuple(int(v) for v in (e.crop_size or config.data.crop_size))
+    stride = tuple(int(v) for v in e.stride) or tuple(max(1, (2 * c) // 3) for c in crop)
+    return cls(mode=str(e.mode), crop=crop, stride=stride,
+               scales=tuple(float(v) for v in e.scales), flip=bool(e.flip))
+
+  @property
+  def is_tta(self) -> bool:
+    return self.flip or tuple(self.scales) != (1.0,)
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+  """Start offsets of sliding windows covering [0, size): every `stride`, the
+  last one flush with the end (one window if it covers the whole side)."""
+  if window >= size:
+    return [0]
+  n = -(-(size - window) // stride) + 1
+  return sorted({min(i * stride, size - window) for i in range(n)})
+
+
+def _logits(model, variables, images, key) -> jax.Array:
+  outputs = model.apply(variables, images, train=False, rngs={'dropout': key})
+  logits = outputs['logits'] if isinstance(outputs, dict) else outputs
+  return logits.astype(jnp.float32)
+
+
+def slide_logits(model, variables, images: jax.Array, key, crop: Sequence[int],
+                 stride: Sequence[int]) -> jax.Array:
+  """Sliding-window logits (B, H, W, C): all windows of the batch in one
+  batched call, overlapping logits averaged."""
+  b, h, w, _ = images.shape
+  ch, cw = min(int(crop[0]), h), min(int(crop[1]), w)
+  ys = window_starts(h, ch, int(stride[0]))
+  xs = window_starts(w, cw, int(stride[1]))
+  if len(ys) == 1 and len(xs) == 1:
+    return _logits(model, variables, images, key)
+  windows = [(y, x) for y in ys for x in xs]
+  crops = jnp.concatenate([images[:, y:y + ch, x:x + cw] for y, x in windows], axis=0)
+  out = _logits(model, variables, crops, key)
+  num_classes = out.shape[-1]
+  total = jnp.zeros((b, h, w, num_classes), jnp.float32)
+  count = np.zeros((h, w), np.float32)
+  for i, (y, x) in enumerate(windows):
+    total = total.at[:, y:y + ch, x:x + cw].add(out[i * b:(i + 1) * b])
+    count[y:y + ch, x:x + cw] += 1
+  return total / jnp.asarray(count)[None, :, :, None]
+
+
+def _view_logits(model, variables, images, key, inference: Inference) -> jax.Array:
+  if inference.mode == 'slide':
+    return slide_logits(model, variables, images, key, inference.crop, inference.stride)
+  return _logits(model, variables, images, key)
+
+
 def predict_log_probs(model, variables, images: jax.Array, rng: jax.Array,
-                      mc_samples: int = 1) -> jax.Array:
-  """Log class probabilities (B, H, W, C) float32: log_softmax of one pass, or
-  the log of the mean softmax of `mc_samples` stochastic passes (`model` from
-  mc_model)."""
+                      mc_samples: int = 1, inference: Inference | None = None) -> jax.Array:
+  """Log class probabilities (B, H, W, C) float32 of normalised `images`.
 
-  def logits_of(key):
-    outputs = model.apply(variables, images, train=False, rngs={'dropout': key})
-    logits = outputs['logits'] if isinstance(outputs, dict) else outputs
-    return logits.astype(jnp.float32)
+  One plain pass gives log_softmax of the logits. Test-time augmentation
+  (`inference.scales`, `inference.flip`) and Monte Carlo dropout
+  (`mc_samples` > 1, `model` from mc_model) give the log of the mean softmax
+  over all views and samples; sample i uses dropout key fold_in(rng, i).
+  """
+  inference = inference or Inference()
+  h, w = images.shape[1:3]
 
+  def probs_of_sample(key):
+    total, n = 0.0, 0
+    for scale in inference.scales:
+      size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+      scaled = layers.resize_bilinear(images, size)
+      for flip in ((False, True) if inference.flip else (False,)):
+        view = scaled[:, :, ::-1] if flip else scaled
+        logits = _view_logits(model, variables, view, key, inference)
+        if flip:
+          logits = logits[:, :, ::-1]
+        logits = layers.resize_bilinear(logits, (h, w))
+        total = total + jax.nn.softmax(logits, axis=-1)
+        n += 1
+    return total / n
+
+  if mc_samples <= 1 and not inference.is_tta:
+    return jax.nn.log_softmax(_view_logits(model, variables, images, rng, inference), axis=-1)
   if mc_samples <= 1:
-    return jax.nn.log_softmax(logits_of(rng), axis=-1)
-
-  def add(i, acc):
-    return acc + jax.nn.softmax(logits_of(jax.random.fold_in(rng, i)), axis=-1)
-
-  first = jax.nn.softmax(logits_of(jax.random.fold_in(rng, 0)), axis=-1)
-  mean = jax.lax.fori_loop(1, mc_samples, add, first) / mc_samples
+    mean = probs_of_sample(rng)
+  else:
+    first = probs_of_sample(jax.random.fold_in(rng, 0))
+    mean = jax.lax.fori_loop(
+        1, mc_samples, lambda i, acc: acc + probs_of_sample(jax.random.fold_in(rng, i)),
+        first) / mc_samples
   return jnp.log(jnp.maximum(mean, jnp.finfo(jnp.float32).tiny))
 
 
@@ -75,12 +167,13 @@ def make_eval_step(model, config, mesh) -> Callable:
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   mc_samples = int(config.eval.mc_samples)
   model = mc_model(model, mc_samples)
+  inference = Inference.from_config(config)
   repl = sharding_lib.replicated(mesh)
   data = sharding_lib.batch_sharding(mesh)
 
   def step(variables, batch, rng):
     images = transforms.normalize(batch['image'], mean, std)
-    logp = predict_log_probs(model, variables, images, rng, mc_samples)
+    logp = predict_log_probs(model, variables, images, rng, mc_samples, inference)
     labels = jnp.where(batch['valid'][:, None, None], batch['label'], -1)
     preds = jnp.argmax(logp, axis=-1).astype(jnp.int32)
     cm = metrics_lib.confusion_matrix(labels, preds, num_classes)
@@ -144,14 +237,24 @@ def scalar_metrics(result: dict) -> dict:
   return out
 
 
-def write_result(workdir: str, split: str, step: int, result: dict) -> str:
-  """JSON next to the run: eval_<split>_<step>.json (process 0 only)."""
-  path = os.path.join(workdir, f'eval_{_safe(split)}_{int(step):08d}.json')
+def write_result(workdir: str, split: str, step: int, result: dict, suffix: str = '') -> str:
+  """Next to the run (process 0 only): eval_<split>_<step><suffix>.json (all
+  metrics and the confusion matrix), .md (the table with class names) and
+  _confusion.png (the row-normalised confusion matrix)."""
+  path = os.path.join(workdir, f'eval_{_safe(split)}_{int(step):08d}{suffix}.json')
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, 'w') as f:
       json.dump({'split': split, 'step': int(step), **result}, f, indent=1,
                 default=lambda x: None)
+    title = f'{split} @ step {int(step)}' + (' (EMA weights)' if suffix == '_ema' else '')
+    with open(path[:-len('.json')] + '.md', 'w') as f:
+      f.write(metrics_lib.format_markdown(result, title=title))
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from segjax import plots  # pylint: disable=g-import-not-at-top
+    heatmap = plots.confusion_heatmap(np.asarray(result['confusion_matrix']),
+                                      list(result['IoU']), title=title)
+    Image.fromarray(heatmap).save(path[:-len('.json')] + '_confusion.png')
   return path
 
 
@@ -203,6 +306,14 @@ def run(config, workdir: str) -> dict:
   result, panel = evaluate_split(eval_step, train_lib.variables_of(state), config, split, mesh,
                                  num_panel_images=int(config.eval.num_panel_images))
   path = write_result(workdir, split, step, result)
+  ema_vars = train_lib.ema_variables(state)
+  if ema_vars is not None:  # Trained with ema.decay > 0: evaluate the average too.
+    ema_result, _ = evaluate_split(eval_step, ema_vars, config, split, mesh)
+    write_result(workdir, split, step, ema_result, suffix='_ema')
+    result['ema'] = scalar_metrics(ema_result)
+    if jax.process_index() == 0:
+      print(metrics_lib.format_table(ema_result, title=f'{split} @ step {step}, EMA weights'),
+            flush=True)
   if panel is not None and jax.process_index() == 0:
     image_dir = write_prediction_images(workdir, split, step, panel, config)
     logging.info('Wrote predictions to %s', image_dir)

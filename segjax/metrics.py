@@ -123,9 +123,33 @@ def format_table(metrics: dict, title: str = '') -> str:
   lines = []
   if title:
     lines.append(title)
-  lines.append('  '.join(f'{k} {pct(metrics[k])}' for k in ('aAcc', 'mAcc', 'mIoU', 'fwIoU', 'mDice')))
+  lines.append('  '.join(f'{k} {pct(metrics[k])}'
+                         for k in ('aAcc', 'mAcc', 'mIoU', 'fwIoU', 'mDice')))
   lines.append(f"{'class':<{width}}     IoU     Acc    Dice")
   for n in names:
     lines.append(f"{n:<{width}}  {pct(metrics['IoU'][n])}  {pct(metrics['Acc'][n])}  "
                  f"{pct(metrics['Dice'][n])}")
   return '\n'.join(lines)
+
+
+def format_markdown(metrics: dict, title: str = '') -> str:
+  """A Markdown report: the summary row, then IoU / Acc / Dice per class (in %).
+
+  'n/a' marks NaN: accuracy of a class absent from the ground truth, IoU and
+  Dice of a class absent from both ground truth and prediction; those are
+  left out of the means (the mmsegmentation convention).
+  """
+  def pct(x):
+    return 'n/a' if x is None or np.isnan(x) else f'{100 * x:.2f}'
+
+  keys = ('aAcc', 'mAcc', 'mIoU', 'fwIoU', 'mDice')
+  lines = [f'## {title}', ''] if title else []
+  lines += ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys),
+            '| ' + ' | '.join(pct(metrics[k]) for k in keys) + ' |', '',
+            '| class | IoU | Acc | Dice |', '|---|---|---|---|']
+  for name in metrics['IoU']:
+    lines.append(f"| {name} | {pct(metrics['IoU'][name])} | {pct(metrics['Acc'][name])} | "
+                 f"{pct(metrics['Dice'][name])} |")
+  lines += ['', 'n/a: class absent from the ground truth (Acc) or from both ground truth '
+            'and prediction (IoU, Dice); excluded from the means.']
+  return '\n'.join(lines) + '\n'

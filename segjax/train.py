@@ -46,6 +46,9 @@ class TrainState:
   # such step is recorded so the host loop can stop with a precise error.
   num_nonfinite: jax.Array
   first_nonfinite_step: jax.Array
+  # Exponential moving average {'params', 'batch_stats'} when ema.decay > 0,
+  # else {}.
+  ema: Any = flax.struct.field(default_factory=dict)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,10 +99,12 @@ def _init_fn(config, model, tx, pretrained_meta=None):
       variables = convert.merge_pretrained(variables, pretrained, pretrained_meta,
                                            _exclude_patterns(config))
     params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
+    batch_stats = variables.get('batch_stats', {})
+    ema = ({'params': params, 'batch_stats': batch_stats}
+           if float(config.ema.decay) > 0 else {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=tx.init(params), num_nonfinite=jnp.zeros((), jnp.int32),
-                      first_nonfinite_step=jnp.full((), -1, jnp.int32))
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32), ema=ema)
   return init
 
 
@@ -146,6 +151,7 @@ def make_train_step(config, model, tx, schedule) -> Callable:
   num_classes = int(config.data.num_classes)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   aux_weight = float(config.loss.aux_weight)
+  ema_decay = float(config.ema.decay)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -172,10 +178,14 @@ def make_train_step(config, model, tx, schedule) -> Callable:
     def keep_if_finite(new, old):
       return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
+    params = keep_if_finite(new_params, state.params)
+    batch_stats = keep_if_finite(new_vars.get('batch_stats', {}), state.batch_stats)
     new_state = TrainState(
         step=state.step + 1,
-        params=keep_if_finite(new_params, state.params),
-        batch_stats=keep_if_finite(new_vars.get('batch_stats', {}), state.batch_stats),
+        params=params,
+        batch_stats=batch_stats,
+        ema=update_ema(state.ema, {'params': params, 'batch_stats': batch_stats}, state.step,
+                       ema_decay),
         opt_state=keep_if_finite(new_opt_state, state.opt_state),
         num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
         first_nonfinite_step=jnp.where(
@@ -193,6 +203,24 @@ def make_train_step(config, model, tx, schedule) -> Callable:
     return new_state, metrics
 
   return step
+
+
+def update_ema(ema, new, step: jax.Array, decay: float):
+  """ema <- d * ema + (1 - d) * new with d = min(decay, (1 + t) / (10 + t)),
+  t the number of updates so far (tf.train.ExponentialMovingAverage's
+  num_updates warm-up, so early averages are not dominated by the random
+  init). BatchNorm statistics are averaged like the parameters (as timm's
+  ModelEmaV2 does with buffers). {} (EMA off) stays {}."""
+  if not ema:
+    return ema
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
+
+
+def ema_variables(state: TrainState) -> dict | None:
+  """The EMA variables to evaluate, or None when EMA is off."""
+  return dict(state.ema) if state.ema else None
 
 
 def jit_train_step(step_fn: Callable, mesh) -> Callable:
@@ -261,6 +289,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_eval(step: int):
       res, panel = eval_lib.evaluate_split(eval_step, variables_of(state), config, val_split,
                                            mesh, num_panel_images=int(config.eval.num_panel_images))
+      ema_vars = ema_variables(state)
+      if ema_vars is not None:
+        ema_res, _ = eval_lib.evaluate_split(eval_step, ema_vars, config, val_split, mesh)
+        writer.write_scalars(step, eval_lib.scalar_metrics(ema_res), prefix='val_ema/')
+        eval_lib.write_result(workdir, val_split, step, ema_res, suffix='_ema')
+        res['ema'] = eval_lib.scalar_metrics(ema_res)
       writer.write_scalars(step, eval_lib.scalar_metrics(res), prefix='val/')
       if panel is not None:
         mc = int(config.eval.mc_samples) > 1
@@ -321,4 +355,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(metrics_lib.format_table(
         result, title=f'{val_split} @ step {max(start_step, total)}, '
         f'{result["num_examples"]} images'), flush=True)
+    from segjax import report  # pylint: disable=g-import-not-at-top
+    print(f'Report: {report.write_report(workdir)}', flush=True)
   return result

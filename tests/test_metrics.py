@@ -93,3 +93,20 @@ def test_table_names_classes():
   text = metrics.format_table(metrics.compute_metrics(cm, ['road', 'sky']))
   assert 'road' in text and 'sky' in text and 'mIoU' in text
   assert f'{100 * 3 / 4:6.2f}' in text  # IoU of 'road' = 3 / (4 + 3 - 3).
+
+
+def test_class_missing_from_truth_but_predicted():
+  """Class 2 never in the ground truth but predicted twice: its IoU and Dice
+  are 0 and count in the means, its accuracy is NaN and does not."""
+  labels = np.array([[0, 0, 1, 1]])
+  preds = np.array([[0, 2, 1, 2]])
+  cm = np.asarray(metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), 3))
+  m = metrics.compute_metrics(cm, ['a', 'b', 'c'])
+  assert m['IoU'] == pytest.approx({'a': 1 / 2, 'b': 1 / 2, 'c': 0.0})
+  assert m['mIoU'] == pytest.approx(1 / 3)
+  assert np.isnan(m['Acc']['c']) and m['mAcc'] == pytest.approx(1 / 2)
+  assert m['Dice']['c'] == 0.0
+  md = metrics.format_markdown(m, title='val @ step 7')
+  assert md.startswith('## val @ step 7')
+  assert '| c | 0.00 | n/a | 0.00 |' in md
+  assert '| 50.00 | 50.00 | 33.33 |' in md  # aAcc, mAcc, mIoU.

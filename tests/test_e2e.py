@@ -97,3 +97,31 @@ def test_isbi_binary_run(tmp_path):
   result = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert result['num_examples'] == 2 and set(result['IoU']) == {'membrane', 'cell'}
   assert result['num_pixels'] == 2 * 512 * 512  # Binary masks: nothing ignored.
+
+
+def test_launch_predict_mode(tmp_path):
+  """--mode=predict through launch.py on a trained run: palette PNGs and
+  overlays for a folder, the corrupt file counted and named, exit 0."""
+  import numpy as np
+  from PIL import Image
+  from tests.test_train import tiny_config
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  photos = tmp_path / 'photos'
+  (photos / 'sub').mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(photos / 'a.png')
+  Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+      photos / 'sub' / 'b.jpg')
+  (photos / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/deeplabv3plus.py:runlocal',
+       f'--workdir={workdir}', '--mode=predict', f'--input={photos}', f'--output={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert '2 images predicted, 1 failed' in proc.stdout
+  assert 'broken.png' in proc.stderr
+  pred = Image.open(out / 'sub' / 'b_pred.png')
+  assert pred.mode == 'P' and pred.size == (24, 24)
+  assert (out / 'a_overlay.png').exists()

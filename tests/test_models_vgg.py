@@ -8,7 +8,6 @@ tiny width (width_multiplier 1/16, head_channels 16) on 2 cores.
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -20,23 +19,9 @@ from segjax.models import fcn
 from segjax.models import segnet
 from segjax.models.backbones import make_backbone
 from segjax.models.backbones import vgg
+from tests.test_models import abstract_init, apply_eval, count, images, rng_key
 
 TINY = 1 / 16  # Stage widths 4, 8, 16, 32, 32.
-
-
-def rng_key(seed):
-  # RngBitGenerator keys compile faster on XLA:CPU than threefry ones.
-  return jax.random.key(seed, impl='rbg')
-
-
-def count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def abstract_init(model, shape):
-  return jax.eval_shape(lambda: model.init_with_output(
-      {'params': rng_key(0), 'dropout': rng_key(1)}, jnp.zeros(shape, jnp.float32),
-      train=False))
 
 
 def fake_variables(model, shape, seed=0):
@@ -55,18 +40,6 @@ def fake_variables(model, shape, seed=0):
     return jnp.asarray(0.1 * rng.normal(size=leaf.shape), jnp.float32)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-def images(shape, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def apply_eval(model, variables, x):
-  return model.apply(variables, x, train=False)
-
-
-# ----------------------------------------------------------------------------- VGG
 
 
 def test_vgg16_param_counts_match_torchvision():

@@ -13,6 +13,7 @@ import os
 
 import ml_collections
 
+from segjax import control
 from segjax.data import labels as labels_lib
 
 # Keys whose value is model-specific: any keyword the model class accepts.
@@ -28,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 500          # Also evaluates at the last step.
   c.checkpoint_every = 500    # Also saves at the last step and after each eval.
+  # A step whose loss or gradient is not finite is never applied. By default
+  # training then stops with an error naming the step and its examples; with
+  # skip_nonfinite=True it goes on, and counts such steps (train/num_nonfinite).
+  c.skip_nonfinite = False
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'deeplabv3plus'
@@ -139,6 +144,24 @@ def base_config() -> ml_collections.ConfigDict:
   # eval_<split>_<step>_ema.json); checkpoints are ranked by the raw mIoU.
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = 0.0
+
+  # Training control from the validation metrics of each evaluation (every
+  # eval_every steps), as Keras' callbacks do per epoch (segjax/control.py).
+  # metric '' = off; else one of mIoU, mAcc, aAcc, fwIoU, mDice, loss; mode
+  # 'auto' = 'min' for loss, 'max' for the rest.
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.metric = ''
+  c.early_stopping.mode = 'auto'
+  c.early_stopping.patience = 5     # Evaluations without improvement before stopping.
+  c.early_stopping.min_delta = 0.0  # Smaller changes do not count as improvement.
+  c.reduce_on_plateau = ml_collections.ConfigDict()
+  c.reduce_on_plateau.metric = ''
+  c.reduce_on_plateau.mode = 'auto'
+  c.reduce_on_plateau.factor = 0.1  # Learning rate *= factor on a plateau ...
+  c.reduce_on_plateau.patience = 3  # ... of this many evaluations without improvement.
+  c.reduce_on_plateau.min_delta = 0.0
+  c.reduce_on_plateau.cooldown = 0  # Evaluations to wait after a reduction.
+  c.reduce_on_plateau.min_scale = 0.0  # Floor of the accumulated factor.
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3
@@ -270,6 +293,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if given['data.name'] == 'folder' and not given['data.root']:
     raise ConfigError("config key 'data.root' must name the dataset folder when "
                       "data.name='folder'")
+  for block in ('early_stopping', 'reduce_on_plateau'):
+    metric = given[f'{block}.metric']
+    if metric:
+      try:
+        control.resolve_mode(metric, given[f'{block}.mode'], block)
+      except ValueError as e:
+        raise ConfigError(f'config key {e}') from None
+    if given[f'{block}.patience'] < 0:
+      raise ConfigError(f"config key '{block}.patience' must be >= 0, got "
+                        f"{given[f'{block}.patience']!r}")
+  if not 0.0 < given['reduce_on_plateau.factor'] < 1.0:
+    raise ConfigError("config key 'reduce_on_plateau.factor' must be in (0, 1), got "
+                      f"{given['reduce_on_plateau.factor']!r}")
   if given['eval.checkpoint'] not in ('latest', 'best') and not str(
       given['eval.checkpoint']).isdigit():
     raise ConfigError("config key 'eval.checkpoint' must be 'latest', 'best' or a step "

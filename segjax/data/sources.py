@@ -75,8 +75,11 @@ class Subset:
     return f'Subset({self.source!r}, {self.indices!r})'
 
 
-def make_source(data_config, split: str):
-  """The source for `split` of the dataset named by data_config.name."""
+def make_source(data_config, split: str, *, problems: list | None = None):
+  """The source for `split` of the dataset named by data_config.name.
+
+  `problems` is passed to FolderSource (see there); other sources ignore it.
+  """
   spec = label_spec(data_config)
   mapper = labels_lib.LabelMapper(spec, data_config.label_map)
   name = data_config.name
@@ -98,7 +101,7 @@ def make_source(data_config, split: str):
         list_file=data_config.list_file,
         image_suffixes=tuple(data_config.image_suffixes),
         mask_suffix=data_config.mask_suffix, mask_format=data_config.mask_format,
-        void_color=tuple(data_config.void_color))
+        void_color=tuple(data_config.void_color), problems=problems)
   if name == 'tfds':
     from segjax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.make_tfds_source(data_config, split, mapper)
@@ -181,14 +184,22 @@ class FolderSource:
       '<image> <mask>' per line, paths relative to root; blank lines and lines
       starting with '#' are skipped.
   Pairs are naturally sorted by image path before the split slice applies.
+
+  `problems`: None (the default) raises DataError on the first image without a
+  mask or bad list-file line. A list instead collects each of those as a
+  (path, message) tuple and skips that image or line (the split slice then
+  applies to the pairs that remain); a missing root, folder or list file and
+  an empty split still raise. Used by `python -m segjax.check_data`.
   """
 
   def __init__(self, root, split: str, *, mapper: labels_lib.LabelMapper,
                image_dir: str = '{split}', mask_dir: str = '{split}annot',
                list_file: str = '', image_suffixes=('.png', '.jpg', '.jpeg', '.bmp',
                                                     '.tif', '.tiff'),
-               mask_suffix: str = '', mask_format: str = 'index', void_color=()):
+               mask_suffix: str = '', mask_format: str = 'index', void_color=(),
+               problems: list | None = None):
     self.split = split
+    self._problems = problems
     self.void_color = tuple(void_color) if void_color else None
     self.mapper = mapper
     self.mask_format = mask_format
@@ -239,8 +250,9 @@ class FolderSource:
           candidates = [c for c in candidates if c != f]
       mask = next((c for c in candidates if c.is_file()), None)
       if mask is None:
-        raise DataError(f'image {str(f)!r} has no mask: looked for '
-                        f'{[str(c) for c in candidates]}')
+        self._problem(f, f'image {str(f)!r} has no mask: looked for '
+                      f'{[str(c) for c in candidates]}')
+        continue
       pairs.append((f, mask))
     return pairs, f'folder {str(idir)!r}'
 
@@ -255,21 +267,33 @@ class FolderSource:
       if not line or line.startswith('#'):
         continue
       parts = line.split()
+      where = f'{path}:{lineno}'
       if len(parts) != 2:
-        raise DataError(f'{path}:{lineno}: expected "<image> <mask>", got {line!r}')
+        self._problem(where, f'{where}: expected "<image> <mask>", got {line!r}')
+        continue
       pair = []
       for p in parts:
         if os.path.isabs(p) or p.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', p):
-          raise DataError(f'{path}:{lineno}: path {p!r} is absolute; list-file paths '
-                          f'must be relative to data.root ({root})')
+          self._problem(where, f'{where}: path {p!r} is absolute; list-file paths '
+                        f'must be relative to data.root ({root})')
+          continue
         full = os.path.normpath(os.path.join(root, p))
         if os.path.commonpath([root, full]) != root:
-          raise DataError(f'{path}:{lineno}: path {p!r} escapes data.root ({root})')
+          self._problem(where, f'{where}: path {p!r} escapes data.root ({root})')
+          continue
         if not os.path.isfile(full):
-          raise DataError(f'{path}:{lineno}: file {full!r} does not exist')
+          self._problem(where, f'{where}: file {full!r} does not exist')
+          continue
         pair.append(Path(full))
-      pairs.append(tuple(pair))
+      if len(pair) == 2:
+        pairs.append(tuple(pair))
     return pairs, f'list file {str(path)!r}'
+
+  def _problem(self, path, message: str) -> None:
+    """Raises DataError(message), or records (path, message) when collecting."""
+    if self._problems is None:
+      raise DataError(message)
+    self._problems.append((str(path), message))
 
   def __len__(self) -> int:
     return len(self.pairs)

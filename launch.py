@@ -42,7 +42,12 @@ def main(argv):
                                         _PROCESS_ID.value)
   config = config_lib.validate(_CONFIG.value)
   if _MODE.value == 'train':
-    train.train_and_evaluate(config, _WORKDIR.value)
+    try:
+      train.train_and_evaluate(config, _WORKDIR.value)
+    except train.Preempted as e:
+      # The checkpoint is complete: exit 0, as a preempted VM's restart script expects.
+      print(e, flush=True)
+      return
   elif _MODE.value == 'eval':
     evaluate.run(config, _WORKDIR.value)
   else:

@@ -298,7 +298,8 @@ def run(config, workdir: str) -> dict:
   try:
     step = ckpt.resolve(str(config.eval.checkpoint))
     abstract = train_lib.abstract_state(config, model, mesh)
-    state, _ = ckpt.restore(step, abstract)
+    # With the config, a mismatch error names the differing config keys too.
+    state, _ = ckpt.restore(step, abstract, config=json.loads(config.to_json_best_effort()))
   finally:
     ckpt.close()
   split = config.eval.split or config.data.val_split

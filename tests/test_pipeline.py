@@ -172,3 +172,20 @@ def test_worker_processes_match_threads():
   ds = pipeline.train_dataset(c)
   for i, b in enumerate(got):
     assert _equal(b, ds[1 + i])
+
+
+def test_batch_example_names_are_the_examples_the_batch_holds():
+  # Without augmentation (crop = image size, no flips or jitter) each training
+  # image is a source image unchanged, so the names can be checked by content.
+  c = _config(scale_range=(1.0, 1.0), rotate_degrees=0.0, brightness=0.0, hflip=False)
+  c.data.crop_size = (24, 24)
+  src = sources.make_source(c.data, 'train')
+  by_name = {src[i]['name']: src[i]['image'] for i in range(len(src))}
+  batches = pipeline.train_dataset(c)
+  for step in (0, 2, 3, 7):  # Steps 2..3 straddle the first epoch end (10 examples).
+    names = pipeline.batch_example_names(c, step)
+    assert len(names) == 4
+    for row, name in enumerate(names):
+      assert np.array_equal(batches[step]['image'][row], by_name[name])
+  assert set(pipeline.batch_example_names(c, 0)) | set(pipeline.batch_example_names(c, 1)) | set(
+      pipeline.batch_example_names(c, 2)[:2]) == set(by_name)

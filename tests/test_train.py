@@ -129,7 +129,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, capsys):
   assert int(a.step) == int(b.step) == 4
   # Parameters, BN statistics and optimizer state (Adam moments and count) carry over.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(x, y)  # Bit for bit.
   assert not np.allclose(jax.tree.leaves(half.params)[0], jax.tree.leaves(b.params)[0])
   assert result['num_examples'] == 8
   written = json.load(open(tmp_path / 'resumed' / 'eval_val_00000004.json'))
@@ -177,6 +177,11 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r'step [3-6].*step 2\)') as e:
     train.train_and_evaluate(bad, workdir)
   assert 'update was not applied' in str(e.value)
+  # The error names the examples of the bad step's batch.
+  step = int(str(e.value).split('non-finite loss or gradient at step ')[1].split()[0])
+  from segjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  names = pipeline.batch_example_names(bad, step - 1)
+  assert 'its examples: ' + ', '.join(names) in str(e.value)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
   assert ckpt.latest_step() == 2
   ckpt.close()

@@ -252,3 +252,14 @@ def eval_batches(config, split: str | None = None, *, process_index: int = 0,
   batch_fn = functools.partial(_eval_batch, ignore_label=int(config.data.ignore_label),
                                empty_hw=tuple(empty_hw))
   return EvalBatches(rows, local, batch_fn), n
+
+
+def batch_example_names(config, step: int) -> list[str]:
+  """Names of the examples in the global training batch of `step`, row by row
+  (for error messages: which files a bad step read)."""
+  src = sources.make_source(config.data, config.data.train_split)
+  # The same shuffle as _train_rows: grain's index shuffle depends only on the
+  # length, the seed and the epoch.
+  order = grain.MapDataset.range(len(src)).shuffle(seed=_derive_seed(config.seed, 1)).repeat()
+  g = int(config.batch_size)
+  return [str(src[order[i]]['name']) for i in range(step * g, (step + 1) * g)]

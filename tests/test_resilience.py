@@ -1,0 +1,170 @@
+"""Reliability in the training loop: same bits from the same seed, corrupt-checkpoint
+fallback, incompatible-checkpoint errors, non-finite policies, early stopping and
+reduce-on-plateau. (SIGKILL / SIGTERM and resume: test_kill_resume.py.)"""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from segjax import checkpoint as ckpt_lib
+from segjax import evaluate
+from segjax import train
+from tests import kill_resume
+from tests.test_train import _final_state
+from tests.test_train import tiny_config
+
+def _leaves(state) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+  return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
+
+
+def _same_bits(a, b) -> list[str]:
+  return kill_resume.compare(_leaves(a), _leaves(b))
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_config_and_seed_give_the_same_bits(tmp_path):
+  # (Across processes, with EMA and restarts: test_kill_resume.py.)
+  config = tiny_config(total_steps=2)
+  train.train_and_evaluate(config, str(tmp_path / 'a'))
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  a = _final_state(config, str(tmp_path / 'a'))
+  b = _final_state(config, str(tmp_path / 'b'))
+  assert int(a.step) == 2
+  assert _same_bits(a, b) == []
+  # The comparison can fail: the trained parameters are not the initial ones.
+  model = train.build_model(config)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  tx, _ = train.optim.make_optimizer(config)
+  init = train.init_state(config, model, tx, mesh)
+  assert all(k.startswith(('.params', '.batch_stats', '.opt_state', '.step'))
+             for k in _same_bits(a, init))
+  assert any(k.startswith('.params') for k in _same_bits(a, init))
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  config = tiny_config(total_steps=4)
+  workdir = str(tmp_path / 'damaged')
+  train.train_and_evaluate(config, workdir)
+  clean = _final_state(config, workdir)
+  # Truncate every data file of the newest checkpoint (a disk filled mid-write).
+  files = [f for f in glob.glob(os.path.join(workdir, 'checkpoints', '4', 'state', '**'),
+                                recursive=True) if os.path.isfile(f) and '/d/' in f]
+  assert files
+  for f in files:
+    with open(f, 'r+b') as fh:
+      fh.truncate(os.path.getsize(f) // 2)
+  capsys.readouterr()
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert 'WARNING: checkpoint step 4 in' in out and 'falling back' in out
+  assert 'Resuming from step 2' in out
+  moved = glob.glob(os.path.join(workdir, 'checkpoints.corrupt', '4-*'))
+  assert len(moved) == 1 and os.path.isdir(os.path.join(moved[0], 'state'))  # Kept, not deleted.
+  # Steps 3 and 4 trained again from step 2: the same bits as before the damage.
+  assert _same_bits(clean, _final_state(config, workdir)) == []
+
+
+def test_incompatible_checkpoint_is_named_not_a_shape_traceback(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(total_steps=2)
+  train.train_and_evaluate(config, workdir)
+  before = open(os.path.join(workdir, 'config.json')).read()
+
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    train.train_and_evaluate(tiny_config(total_steps=4, **{'data.num_classes': 5}), workdir)
+  msg = str(e.value)
+  assert 'checkpoint step 2' in msg and 'data.num_classes: checkpoint 4, this config 5' in msg
+  assert '(1, 1, 16, 4) float32 -> (1, 1, 16, 5) float32' in msg and 'new --workdir' in msg
+
+  unet = tiny_config(total_steps=4, **{'model.name': 'unet', 'model.output_stride': 32})
+  unet.model.kwargs = {'decoder_filters': (16, 16, 16, 16)}
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="model.name: checkpoint "
+                     "'deeplabv3plus', this config 'unet'"):
+    train.train_and_evaluate(unet, workdir)
+
+  # A checkpoint without EMA weights (ema.decay=0, or written before segjax had EMA).
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='has no EMA weights'):
+    train.train_and_evaluate(tiny_config(total_steps=4, **{'ema.decay': 0.99}), workdir)
+  # --mode=eval with a config that does not fit: the same named error.
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='data.num_classes: checkpoint 4'):
+    evaluate.run(tiny_config(**{'data.num_classes': 5}), workdir)
+  # The refused configs did not overwrite the run's own, nor any checkpoint.
+  assert open(os.path.join(workdir, 'config.json')).read() == before
+  assert kill_resume.checkpoint_steps(workdir) == [2]
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path, capsys):
+  config = tiny_config(total_steps=4, skip_nonfinite=True, **{'optimizer.lr': 1e30})
+  result = train.train_and_evaluate(config, str(tmp_path / 'skip'))
+  out = capsys.readouterr().out
+  state = _final_state(config, str(tmp_path / 'skip'))
+  skipped = int(state.num_nonfinite)
+  assert 1 <= skipped <= 3 and int(state.step) == 4
+  first = int(state.first_nonfinite_step)
+  assert f'skip_nonfinite: steps [{first + 1}' in out
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  assert result['num_examples'] == 8  # Evaluated at the end as usual.
+
+
+# --------------------------------------------------------------------------- control
+
+
+def test_early_stopping_stops_saves_and_stays_stopped(tmp_path, capsys):
+  # min_delta 1.0: no mIoU can improve by more than 1, so after the first
+  # evaluation every one is a miss; patience 2 stops at the third (step 3).
+  config = tiny_config(total_steps=8, eval_every=1, checkpoint_every=8, **{
+      'early_stopping.metric': 'mIoU', 'early_stopping.patience': 2,
+      'early_stopping.min_delta': 1.0})
+  workdir = str(tmp_path / 'es')
+  result = train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert 'early_stopping at step 3: val mIoU has not improved by more than 1 for 2 ' in out
+  assert 'val @ step 3,' in out
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  assert ckpt.latest_step() == 3
+  control = ckpt.read_meta(3)['control']['early_stopping']
+  ckpt.close()
+  assert control['stopped_step'] == 3 and control['best_step'] == 1 and control['wait'] == 2
+  again = train.train_and_evaluate(config, workdir)
+  assert 'nothing left to train' in capsys.readouterr().out
+  assert again['mIoU'] == pytest.approx(result['mIoU'])
+
+
+def test_reduce_on_plateau_scales_the_lr(tmp_path):
+  overrides = {'reduce_on_plateau.metric': 'loss', 'reduce_on_plateau.patience': 1,
+               'reduce_on_plateau.min_delta': 100.0, 'reduce_on_plateau.factor': 0.5,
+               'reduce_on_plateau.cooldown': 2}
+  full = tiny_config(total_steps=4, eval_every=1, checkpoint_every=1, **overrides)
+  train.train_and_evaluate(full, str(tmp_path / 'full'))
+  state = _final_state(full, str(tmp_path / 'full'))
+  # Evaluations at steps 1..4 (Keras' rules): 1 improves on +inf; 2 is a miss
+  # -> 0.5, cooldown 2; 3 in cooldown (-> 1); 4 ends the cooldown (-> 0) and, out
+  # of it, is a miss -> 0.25.
+  assert float(state.lr_scale) == 0.25
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(tmp_path / 'full')), async_save=False)
+  plateau = ckpt.read_meta(4)['control']['reduce_on_plateau']
+  ckpt.close()
+  assert plateau['reductions'] == [[2, 0.5], [4, 0.25]] and plateau['cooldown_counter'] == 2
+  # Logged learning rate = constant schedule x scale.
+  lines = [json.loads(line) for line in open(tmp_path / 'full' / 'metrics.jsonl')
+           if '"train/lr"' in line]
+  by_step = {d['step']: d['train/lr'] for d in lines}
+  lr = float(full.optimizer.lr)
+  assert by_step[1] == by_step[2] == pytest.approx(lr)
+  assert by_step[3] == by_step[4] == pytest.approx(lr * 0.5)  # Step 4 ran before its evaluation.
+  # Resuming with the scale and the controller state: the kill test's config runs
+  # reduce-on-plateau through every restart (test_kill_resume.py).
+

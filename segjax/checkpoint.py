@@ -136,9 +136,10 @@ def _normalise(v):
 def describe_mismatch(saved: dict, wanted: dict, saved_config: Optional[dict],
                       config: Optional[dict]) -> Optional[str]:
   """A message naming what differs, or None when the trees match."""
-  missing = sorted(set(wanted) - set(saved))
-  extra = sorted(set(saved) - set(wanted))
-  changed = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+  order = lambda k: (not k.startswith('params/'), k)  # Parameters first.
+  missing = sorted(set(wanted) - set(saved), key=order)
+  extra = sorted(set(saved) - set(wanted), key=order)
+  changed = sorted((k for k in set(saved) & set(wanted) if saved[k] != wanted[k]), key=order)
   if not (missing or extra or changed):
     return None
   parts = []

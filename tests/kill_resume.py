@@ -197,8 +197,8 @@ def kill_and_resume(workdir: str, kills: int, seed: int = 0, sigterm: int = 0,
                    'preempted_step': int(preempted[0]) if preempted else None,
                    'output': out})
     log(f'{sig.name} {len(events)}: resumed from {events[-1]["resumed_from"]}, signalled '
-        f'{delay:.2f} s after checkpoint {target} was published; newest checkpoint then '
-        f'{after[-1]}; exit {proc.returncode}')
+        f'{delay:.2f} s after a checkpoint >= {target} was published; newest checkpoint '
+        f'then {after[-1]}; exit {proc.returncode}')
   final = run_to_end(workdir, arg)
   resumed = re.findall(r'Resuming from step (\d+)', final.stdout)
   return {'events': events, 'final_resumed_from': int(resumed[0]) if resumed else 0,

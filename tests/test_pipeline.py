@@ -189,3 +189,33 @@ def test_batch_example_names_are_the_examples_the_batch_holds():
       assert np.array_equal(batches[step]['image'][row], by_name[name])
   assert set(pipeline.batch_example_names(c, 0)) | set(pipeline.batch_example_names(c, 1)) | set(
       pipeline.batch_example_names(c, 2)[:2]) == set(by_name)
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_iterator_state_restores_the_position(workers, tmp_path):
+  """grain's iterator state (what checkpoints hold) resumes at the next batch, in
+  thread and worker-process mode; a state from the other mode is refused, so
+  the loop can fall back to the step-derived position."""
+  from segjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  c = _config()
+  c.data.num_workers = workers
+  it = pipeline.train_iterator(c, 0)
+  for _ in range(3):
+    next(it)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, keep_best=0, async_save=False)
+  state = {'w': np.arange(3.0, dtype=np.float32)}
+  ckpt.save(3, state, data_iterator=it)
+  it.close()
+  abstract = {'w': np.zeros(3, np.float32)}
+  fresh = pipeline.train_iterator(c, 0)
+  _, meta = ckpt.restore(3, abstract, data_iterator=fresh)
+  assert meta['data_restored'] and 'data_error' not in meta
+  assert _equal(next(fresh), pipeline.train_dataset(c)[3])
+  fresh.close()
+  other = _config()
+  other.data.num_workers = 2 - workers
+  mismatched = pipeline.train_iterator(other, 0)
+  _, meta = ckpt.restore(3, abstract, data_iterator=mismatched)
+  assert not meta['data_restored'] and 'KeyError' in meta['data_error']
+  mismatched.close()
+  ckpt.close()

@@ -67,6 +67,12 @@ BACKBONE_PARAMS = {
 # SegNet is BayesianSegNet without dropout (BayesianSegNet is checked). Each
 # second compiled step costs ~20 s of the cold suite.
 _FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_segnet'}
+# Configs whose unfrozen training is run end to end elsewhere (encoder and head
+# trained from the same config): only their freeze_encoder step is compiled here.
+_TRAINED_ELSEWHERE = {
+    'deeplabv3plus': 'tests/test_e2e.py::test_readme_command_trains_resumes_and_prints_table',
+    'unet': 'tests/test_e2e.py::test_unet_tutorial_config_on_tfds_pets',
+}
 
 
 def load_config(name, arg):
@@ -138,14 +144,15 @@ def test_config_trains_one_step_and_freeze_encoder_freezes(name):
   with freeze_encoder the encoder's params and BN statistics stay bit-equal
   while the rest still trains."""
   file, arg = MODEL_CONFIGS[name]
-  before, after, metrics = _one_step(load_config(file, arg))
-  assert np.isfinite(metrics['loss']) and metrics['finite'] == 1.0
-  assert int(after.step) == 1
-  moved = _changed(before.params, after.params)
-  enc = [k for k in moved if k.startswith("['backbone']")]
-  head = [k for k in moved if not k.startswith("['backbone']")]
-  assert enc and head
-  assert any(moved[k] for k in enc) and any(moved[k] for k in head)
+  if name not in _TRAINED_ELSEWHERE:
+    before, after, metrics = _one_step(load_config(file, arg))
+    assert np.isfinite(metrics['loss']) and metrics['finite'] == 1.0
+    assert int(after.step) == 1
+    moved = _changed(before.params, after.params)
+    enc = [k for k in moved if k.startswith("['backbone']")]
+    head = [k for k in moved if not k.startswith("['backbone']")]
+    assert enc and head
+    assert any(moved[k] for k in enc) and any(moved[k] for k in head)
 
   if name in _FREEZE_SHARED:
     return  # Same class and encoder code path as _FREEZE_SHARED[name], checked there.

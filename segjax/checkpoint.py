@@ -249,8 +249,9 @@ class Checkpointer:
     return leaf_shapes(tree)
 
   def check_compatible(self, step: int, abstract_state: Any,
-                       config: Optional[dict] = None) -> None:
-    """CheckpointMismatchError naming the differences, if `step` does not fit."""
+                       config: Optional[dict] = None) -> dict:
+    """CheckpointMismatchError naming the differences, if `step` does not fit;
+    else the step's meta."""
     meta = self.read_meta(step)
     if 'shapes' in meta:
       saved = {k: (tuple(shape), dtype) for k, (shape, dtype) in meta['shapes'].items()}
@@ -263,6 +264,7 @@ class Checkpointer:
           f'checkpoint step {step} in {self.directory} does not fit this config: {problem}. '
           'Train in a new --workdir, or set these keys back to the checkpoint\'s values '
           '(its full config is in the checkpoint\'s meta item).')
+    return meta
 
   def restore(self, step: int, abstract_state: Any, *, config: Optional[dict] = None,
               data_iterator: Any = None, verify: bool = True) -> tuple[Any, dict]:
@@ -275,8 +277,7 @@ class Checkpointer:
     change of data.num_workers). Raises
     CheckpointMismatchError or CorruptCheckpointError.
     """
-    self.check_compatible(step, abstract_state, config)
-    meta = self.read_meta(step)
+    meta = self.check_compatible(step, abstract_state, config)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(

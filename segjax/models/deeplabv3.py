@@ -136,7 +136,7 @@ class DeepLabV3(nn.Module):
                     name='aspp')(feats['stride32'], train=train)
     x = layers.ConvBNAct(self.aspp_channels, 3, padding=self.padding, **common,
                          name='head')(x, train=train)
-    x = nn.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
+    x = layers.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
                 name='classifier')(x)
     logits = layers.resize_bilinear(x, (h, w)).astype(jnp.float32)
     if not self.aux_head:

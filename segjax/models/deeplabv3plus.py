@@ -100,7 +100,7 @@ class DeepLabV3Plus(nn.Module):
       else:
         x = layers.ConvBNAct(self.decoder_channels, 3, padding=self.padding, **common,
                              name=f'decoder_conv{i}')(x, train=train)
-    x = nn.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
+    x = layers.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
                 name='classifier')(x)
     x = layers.resize_bilinear(x, (h, w))
     return x.astype(jnp.float32)

@@ -178,7 +178,7 @@ class DSRFCN(nn.Module):
     if self.freeze_encoder:
       feats = jax.lax.stop_gradient(feats)
 
-    score = functools.partial(nn.Conv, self.num_classes, (1, 1), dtype=dtype,
+    score = functools.partial(layers.Conv, self.num_classes, (1, 1), dtype=dtype,
                               param_dtype=jnp.float32)
     top = nn.Dropout(self.dropout_rate)(feats['stride32'], deterministic=not train)
     y = score(name='score32')(top)

@@ -80,9 +80,9 @@ class BilinearConvTranspose(nn.Module):
     k = 2 * f
     # Padding of the dilated input: k - 1 - torch_padding on each side.
     pad = k - 1 - f // 2
-    return nn.ConvTranspose(x.shape[-1], (k, k), strides=(f, f), padding=((pad, pad),) * 2,
-                            use_bias=False, kernel_init=_bilinear_init(f), dtype=self.dtype,
-                            param_dtype=jnp.float32)(x)
+    return layers.ConvTranspose(x.shape[-1], (k, k), strides=(f, f), padding=((pad, pad),) * 2,
+                                use_bias=False, kernel_init=_bilinear_init(f), dtype=self.dtype,
+                                param_dtype=jnp.float32)(x)
 
 
 def fit_to(x: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -205,7 +205,7 @@ class FCN(nn.Module):
     if self.freeze_encoder:
       feats = jax.lax.stop_gradient(feats)
 
-    conv1x1 = lambda name, init: nn.Conv(self.num_classes, (1, 1), dtype=dtype,
+    conv1x1 = lambda name, init: layers.Conv(self.num_classes, (1, 1), dtype=dtype,
                                          param_dtype=jnp.float32, kernel_init=init,
                                          name=name)
     zeros = nn.initializers.zeros

@@ -14,6 +14,7 @@ Conventions (all modules):
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -26,6 +27,10 @@ Act = Callable[[jax.Array], jax.Array] | None
 
 PADDINGS = ('SAME', 'SYMMETRIC')
 DEPTHWISE_IMPLS = ('auto', 'xla', 'shift')
+# How 1x1 and transposed convolutions are lowered (same parameters, same
+# function; only the XLA program differs). 'auto' = 'fast' on CPU, 'xla' elsewhere;
+# the environment variable SEGJAX_CONV_IMPL overrides it (benchmarks).
+CONV_IMPLS = ('auto', 'xla', 'fast')
 
 # He init for convolutions followed by BN + ReLU (heads, Xception).
 he_normal = nn.initializers.he_normal()
@@ -176,6 +181,178 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, strides: int,
   return out.astype(out_dtype)
 
 
+def resolve_conv_impl(impl: str | None = None) -> str:
+  """'xla' (lax convolutions as written) or 'fast' (1x1 convolutions as matrix
+  products, strided transposed convolutions with a kernel gradient made of
+  matrix products).
+
+  XLA:CPU differentiates a 1x1 conv through a generic convolution kernel and a
+  transposed conv through an input-dilated one (10-30x slower than the
+  equivalent matrix products in the backward pass); GPU and TPU lower both to
+  fast kernels already.
+  """
+  impl = impl or os.environ.get('SEGJAX_CONV_IMPL', 'auto') or 'auto'
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv implementation {impl!r} (SEGJAX_CONV_IMPL) is not one of '
+                     f'{CONV_IMPLS}')
+  if impl == 'auto':
+    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+  return impl
+
+
+def _is_zero_padding(padding, ndim: int) -> bool:
+  if isinstance(padding, str):
+    return padding in ('SAME', 'VALID')  # Zero for a 1x1 window at any stride.
+  return len(padding) == ndim and all(tuple(p) == (0, 0) for p in padding)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """lax.conv_general_dilated for NHWC/HWIO, with 1x1 convolutions computed as
+  one (B*H*W, Cin) x (Cin, Cout) matrix product when resolve_conv_impl() is
+  'fast'. Used as nn.Conv(conv_general_dilated=...): parameters are unchanged."""
+  nhwc = dimension_numbers is None or tuple(
+      getattr(dimension_numbers, 'lhs_spec', None) or ()) == (0, 3, 1, 2)
+  ones = lambda v: v is None or all(int(d) == 1 for d in v)
+  if (rhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and nhwc
+      and not kwargs and ones(lhs_dilation) and ones(rhs_dilation)
+      and _is_zero_padding(padding, 2) and resolve_conv_impl() == 'fast'):
+    sh, sw = (int(s) for s in window_strides)
+    x = lhs[:, ::sh, ::sw] if (sh, sw) != (1, 1) else lhs
+    b, h, w, c = x.shape
+    y = jnp.dot(x.reshape(b * h * w, c), rhs.reshape(c, rhs.shape[-1]), precision=precision)
+    return y.reshape(b, h, w, rhs.shape[-1])
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                  rhs_dilation=rhs_dilation,
+                                  dimension_numbers=dimension_numbers,
+                                  feature_group_count=feature_group_count, precision=precision,
+                                  **kwargs)
+
+
+# nn.Conv with the lowering above: a drop-in replacement (same parameters).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def _transpose_pads(padding, kernel_size, strides) -> list[tuple[int, int]]:
+  """(lo, hi) per spatial axis of the input-dilated convolution that
+  lax.conv_transpose(padding, transpose_kernel=False) computes."""
+  if isinstance(padding, str):
+    return [_conv_transpose_pads_1d(k, s, padding) for k, s in zip(kernel_size, strides)]
+  return [tuple(int(v) for v in p) for p in padding]
+
+
+def _conv_transpose_pads_1d(k: int, s: int, padding: str) -> tuple[int, int]:
+  # jax.lax.conv_transpose's rule for 'SAME' / 'VALID' (_conv_transpose_padding).
+  if padding == 'SAME':
+    pad_len = k + s - 2
+    pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
+  elif padding == 'VALID':
+    pad_len = k + s - 2 + max(k - s, 0)
+    pad_a = k - 1
+  else:
+    raise ValueError(f'padding {padding!r} is not SAME, VALID or (lo, hi) pairs')
+  return pad_a, pad_len - pad_a
+
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+# Above this many kernel taps the weight gradient below would be too many
+# small matrix products (FCN's 16x16 and 64x64 upsampling kernels): XLA's own
+# gradient is used instead.
+_MAX_DOT_TAPS = 16
+
+
+def _tap_phases(n: int, k: int, s: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
+  """For one spatial axis of lax.conv_transpose(transpose_kernel=False) with
+  input length n, kernel k, stride s and dilated-input pads (lo, hi): per tap
+  t, (phase a, input offset, count m) such that tap t adds x[i + offset] * w[t]
+  to output s * i + a for i in [0, m)."""
+  length = (n - 1) * s + 1 + lo + hi - k + 1
+  out = []
+  for t in range(k):
+    a = (lo - t) % s
+    out.append((a, (a + t - lo) // s, len(range(a, length, s))))
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_transpose_fast(x, kernel, strides, pads, precision=None):
+  """lax.conv_transpose(x, kernel, strides, pads, transpose_kernel=False) for
+  NHWC x and a (kh, kw, in, out) kernel, whose kernel gradient is one matrix
+  product per tap, sum_i x[i + offset]^T g[s * i + a], instead of XLA's
+  input-dilated convolution (20-30x slower on XLA:CPU)."""
+  return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DN,
+                            precision=precision)
+
+
+def _conv_transpose_fast_fwd(x, kernel, strides, pads, precision):
+  return conv_transpose_fast(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _conv_transpose_fast_bwd(strides, pads, precision, res, g):
+  x, kernel = res
+  # The input gradient is a strided convolution: XLA's own transpose rule.
+  _, vjp_x = jax.vjp(lambda x: lax.conv_transpose(x, kernel, strides, pads,
+                                                  dimension_numbers=_DN,
+                                                  precision=precision), x)
+  gx, = vjp_x(g)
+  b, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  plan_h = _tap_phases(h, kh, strides[0], *pads[0])
+  plan_w = _tap_phases(w, kw, strides[1], *pads[1])
+  rows = []
+  for ah, oh, mh in plan_h:
+    cols = []
+    for aw, ow, mw in plan_w:
+      gp = g[:, ah::strides[0], aw::strides[1]][:, :mh, :mw]
+      # x[i + offset] for i in [0, m), zero outside x.
+      ph = (max(0, -oh), max(0, mh + oh - h))
+      pw = (max(0, -ow), max(0, mw + ow - w))
+      xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0))) if any(ph + pw) else x
+      xs = xp[:, oh + ph[0]:oh + ph[0] + mh, ow + pw[0]:ow + pw[0] + mw]
+      cols.append(jnp.dot(xs.reshape(-1, cin).T, gp.reshape(-1, cout), precision=precision,
+                          preferred_element_type=jnp.float32))
+    rows.append(jnp.stack(cols))
+  return gx, jnp.stack(rows).astype(kernel.dtype)
+
+
+conv_transpose_fast.defvjp(_conv_transpose_fast_fwd, _conv_transpose_fast_bwd)
+
+
+class ConvTranspose(nn.Module):
+  """nn.ConvTranspose (2-D, transpose_kernel=False) with the same parameters
+  ('kernel' (kh, kw, in, out), 'bias' (out,)) and function; strided ones are
+  differentiated with conv_transpose_fast when resolve_conv_impl() is 'fast'."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+  padding: Any = 'SAME'
+  use_bias: bool = True
+  dtype: Dtype = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+  kernel_init: Callable[..., Any] = nn.linear.default_kernel_init
+  bias_init: Callable[..., Any] = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = _pair(self.kernel_size), _pair(self.strides)
+    kernel = self.param('kernel', self.kernel_init, (*k, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pads = tuple(tuple(p) for p in _transpose_pads(self.padding, k, s))
+    if s != (1, 1) and k[0] * k[1] <= _MAX_DOT_TAPS and resolve_conv_impl() == 'fast':
+      y = conv_transpose_fast(x, kernel, s, pads, self.precision)
+    else:
+      y = lax.conv_transpose(x, kernel, s, pads, transpose_kernel=False,
+                             dimension_numbers=_DN, precision=self.precision)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise conv (channel multiplier 1) with dilation.
 
@@ -221,7 +398,7 @@ class ConvBNAct(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     k = _pair(self.kernel_size)
-    x = nn.Conv(self.features, k, strides=self.strides,
+    x = Conv(self.features, k, strides=self.strides,
                 padding=conv_padding(self.padding, k, self.strides, self.dilation),
                 kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=self.kernel_init, name='conv')(x)
@@ -258,7 +435,7 @@ class SeparableConv(nn.Module):
                       depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                       kernel_init=self.kernel_init, name='conv_dw')(x)
     x = act(bn(name='bn_dw')(x))
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+    x = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=self.kernel_init, name='conv_pw')(x)
     return act(bn(name='bn_pw')(x))
 
@@ -316,11 +493,11 @@ class FCNHead(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     # torchvision's init: kaiming_uniform_(a=sqrt(5)) = variance 1/(3 fan_in).
     torch_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-    x = nn.Conv(self.features, (3, 3), padding=conv_padding(self.padding, 3),
+    x = Conv(self.features, (3, 3), padding=conv_padding(self.padding, 3),
                 use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=torch_init, name='conv')(x)
     x = batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                           dtype=self.dtype, name='bn')(x)
     x = nn.Dropout(self.dropout_rate)(nn.relu(x), deterministic=not train)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+    return Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=torch_init, name='classifier')(x)

@@ -158,7 +158,7 @@ class SegNet(nn.Module):
       if self.dropout_rate > 0 and s in _CENTRAL_DECODER_STAGES:
         x = nn.Dropout(self.dropout_rate, name=f'decdrop{s}')(
             x, deterministic=not (train or self.mc_dropout))
-    x = nn.Conv(self.num_classes, (3, 3), padding=layers.conv_padding(self.padding, 3),
+    x = layers.Conv(self.num_classes, (3, 3), padding=layers.conv_padding(self.padding, 3),
                 dtype=dtype, param_dtype=jnp.float32, name='conv1_1_D')(x)
     return x[:, :h, :w].astype(jnp.float32)
 

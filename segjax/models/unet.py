@@ -35,7 +35,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     k = (self.kernel_size, self.kernel_size)
-    x = nn.ConvTranspose(self.features, k, strides=(2, 2), padding='SAME', use_bias=False,
+    x = layers.ConvTranspose(self.features, k, strides=(2, 2), padding='SAME', use_bias=False,
                          kernel_init=_pix2pix_init, dtype=self.dtype,
                          param_dtype=jnp.float32, name='conv')(x)
     x = layers.batch_norm(train=train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -113,7 +113,7 @@ class UNet(nn.Module):
                    bn_epsilon=self.bn_epsilon, dtype=dtype, name=f'up_{i}')(x, train=train)
       x = jnp.concatenate([x, skip], axis=-1)
     # Keras' default initialisers for this last layer: Glorot uniform, zero bias.
-    x = nn.ConvTranspose(self.num_classes, (3, 3), strides=(2, 2), padding='SAME',
+    x = layers.ConvTranspose(self.num_classes, (3, 3), strides=(2, 2), padding='SAME',
                          kernel_init=layers.glorot_uniform, dtype=dtype,
                          param_dtype=jnp.float32, name='last')(x)
     return x[:, :h, :w].astype(jnp.float32)

@@ -133,7 +133,7 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     dtype = layers.canonical_dtype(self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+    conv = functools.partial(layers.Conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                              kernel_init=layers.glorot_uniform)
     bn = functools.partial(layers.batch_norm, train=train, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, dtype=dtype)

@@ -115,7 +115,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=self.conv_bias, dtype=self.dtype,
+    conv = functools.partial(layers.Conv, use_bias=self.conv_bias, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=_torch_conv_init())
     bn = functools.partial(layers.batch_norm, train=train, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon, dtype=self.dtype)
@@ -179,7 +179,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     dtype = layers.canonical_dtype(self.dtype)
-    x = nn.Conv(STEM_CHANNELS, (7, 7), strides=2,
+    x = layers.Conv(STEM_CHANNELS, (7, 7), strides=2,
                 padding=layers.conv_padding(self.padding, 7, 2), use_bias=self.conv_bias,
                 dtype=dtype, param_dtype=jnp.float32, kernel_init=_torch_conv_init(),
                 name='conv1')(x)

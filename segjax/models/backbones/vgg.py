@@ -89,7 +89,7 @@ def conv_stage(x: jax.Array, *, stage: int, num_convs: int, features: int,
   'conv{stage}_{c}' (and 'bn{stage}_{c}').
   """
   for c in range(1, num_convs + 1):
-    x = nn.Conv(features, (3, 3), padding=layers.conv_padding(padding, 3, 1, dilation),
+    x = layers.Conv(features, (3, 3), padding=layers.conv_padding(padding, 3, 1, dilation),
                 kernel_dilation=dilation, dtype=dtype, param_dtype=jnp.float32,
                 kernel_init=_conv_init, name=f'conv{stage}_{c}')(x)
     if batch_norm:
@@ -181,7 +181,7 @@ class VGG(nn.Module):
       feats[f'stride{2 ** b}'] = x
 
     if self.include_fc:
-      conv = functools.partial(nn.Conv, dtype=dtype, param_dtype=jnp.float32,
+      conv = functools.partial(layers.Conv, dtype=dtype, param_dtype=jnp.float32,
                                kernel_init=_conv_init)
       dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
       x = conv(self.fc_channels, (FC6_KERNEL, FC6_KERNEL), kernel_dilation=rate,

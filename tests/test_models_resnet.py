@@ -199,8 +199,10 @@ def test_resnet_convs_follow_table(output_stride, multi_grid):
     assert [d for _, d in got[-3:]] == [4, 8, 12]
 
 
-def test_resnet_stride_in_1x1():
+def test_resnet_stride_in_1x1(monkeypatch):
   """v1 (Keras): stride-2 sits on the first 1x1 conv and the shortcut, 3x3 at stride 1."""
+  # The convolutions as written (on CPU, 1x1 convs are otherwise lowered to dots).
+  monkeypatch.setenv('SEGJAX_CONV_IMPL', 'xla')
   convs = conv_eqns(resnet.ResNet(stride_in_1x1=True), (1, 33, 33, 3))
   strided = [(k, c) for k, s, _, c in convs if s == (2, 2)]
   # conv1 (7x7) and, for layer2..4, conv1 (1x1, width) and downsample (1x1, 4x width).

@@ -64,7 +64,9 @@ def test_vgg16_param_counts_match_torchvision():
     (16, ((2, 1), (2, 1), (2, 1), (2, 1), (1, 2))),
     (8, ((2, 1), (2, 1), (2, 1), (1, 2), (1, 4))),
 ])
-def test_vgg_output_stride_shapes_and_dilations(output_stride, expected):
+def test_vgg_output_stride_shapes_and_dilations(monkeypatch, output_stride, expected):
+  # The convolutions as written (on CPU, 1x1 convs are otherwise lowered to dots).
+  monkeypatch.setenv('SEGJAX_CONV_IMPL', 'xla')
   assert vgg.stage_strides(output_stride) == expected
   model = vgg.VGG(width_multiplier=TINY, include_fc=True, fc_channels=8,
                   output_stride=output_stride)

@@ -4,7 +4,13 @@ peer rows."""
 
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytest.importorskip('torch', reason='the benchmark peers need requirements-peers.txt')
+pytest.importorskip('torchvision', reason='the benchmark peers need requirements-peers.txt')
+pytest.importorskip('segmentation_models_pytorch', reason='the benchmark peers need requirements-peers.txt')
 
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import train_throughput  # noqa: E402  pylint: disable=g-import-not-at-top

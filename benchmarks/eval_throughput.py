@@ -26,9 +26,6 @@ backend (CPU, GPU or TPU); the eval batch is sharded over all devices.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
-import os
 import statistics
 import sys
 import time
@@ -41,6 +38,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from segjax import config as config_lib  # noqa: E402
 from segjax import evaluate  # noqa: E402
 from segjax import optim  # noqa: E402
@@ -50,22 +48,8 @@ from segjax import train  # noqa: E402
 DEFAULT_CONFIG = 'configs/deeplabv3plus.py:dataset=camvid'
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-  """'360x480' -> (360, 480) (height x width)."""
-  h, sep, w = text.lower().partition('x')
-  if not sep:
-    raise argparse.ArgumentTypeError(f'{text!r} is not HxW, e.g. 360x480')
-  return int(h), int(w)
-
-
-def load_config(spec: str):
-  """A config from 'path/to/config.py[:arg]' (path relative to the repo or cwd)."""
-  path, _, arg = spec.partition(':')
-  file = Path(path) if Path(path).is_file() else ROOT / path
-  module_spec = importlib.util.spec_from_file_location(file.stem, file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg)
+parse_hw = common.parse_hw
+load_config = common.load_config
 
 
 def host_init(model, size: tuple[int, int], mesh, seed: int = 0) -> dict:
@@ -173,7 +157,8 @@ def run(args) -> dict:
   modes = [
       ('whole', dict(mode='whole', scales=(1.0,), flip=False)),
       (f'slide {slide_crop[0]}x{slide_crop[1]} stride {slide_stride[0]}x{slide_stride[1]} '
-       f'({windows} window{"s" if windows != 1 else ""})', dict(mode='slide', scales=(1.0,), flip=False)),
+       f'({windows} window{"s" if windows != 1 else ""})',
+       dict(mode='slide', scales=(1.0,), flip=False)),
       (f'multi-scale {",".join(f"{s:g}" for s in scales)}{" + flip" if args.flip else ""} '
        f'({len(scales) * (2 if args.flip else 1)} views)',
        dict(mode='whole', scales=scales, flip=bool(args.flip))),
@@ -211,10 +196,7 @@ def run(args) -> dict:
             'num_classes': int(config.data.num_classes), 'init': args.init, 'size': list(size),
             'batch_size': bs, 'batches': int(args.batches), 'device': device,
             'init_s': init_s, 'rows': rows}
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=1)
+  common.write_json(args.json, result)
   return result
 
 

@@ -35,8 +35,6 @@ removed at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -51,6 +49,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from segjax import config as config_lib  # noqa: E402
 from segjax import optim  # noqa: E402
 from segjax import sharding  # noqa: E402
@@ -62,22 +61,8 @@ DEFAULT_CONFIG = 'configs/deeplabv3plus.py:dataset=camvid'
 DEFAULT_DATA_ROOT = ROOT.parent / 'shared' / 'data' / 'camvid'
 
 
-def parse_hw(text: str) -> tuple[int, int]:
-  """'352x480' -> (352, 480) (height x width)."""
-  h, sep, w = text.lower().partition('x')
-  if not sep:
-    raise argparse.ArgumentTypeError(f'{text!r} is not HxW, e.g. 352x480')
-  return int(h), int(w)
-
-
-def load_config(spec: str):
-  """A config from 'path/to/config.py[:arg]' (path relative to the repo or cwd)."""
-  path, _, arg = spec.partition(':')
-  file = Path(path) if Path(path).is_file() else ROOT / path
-  module_spec = importlib.util.spec_from_file_location(file.stem, file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg)
+parse_hw = common.parse_hw
+load_config = common.load_config
 
 
 def write_fake_camvid(root: Path, num_images: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -140,7 +125,8 @@ def time_pipeline(config, workers: int, batches: int, warmup: int, repeats: int)
   if workers:
     name = f'pipeline, {workers} worker process{"es" if workers > 1 else ""}'
   else:
-    name = f'pipeline, in-process ({pipeline._num_threads()} threads)'  # pylint: disable=protected-access
+    threads = pipeline._num_threads()  # pylint: disable=protected-access
+    name = f'pipeline, in-process ({threads} threads)'
   ips = statistics.median(rates)
   return {'name': name, 'workers': int(workers), 'images_per_s': ips,
           'ms_per_batch': 1e3 * bs / ips, 'all_images_per_s': rates,
@@ -249,10 +235,7 @@ def run(args) -> dict:
   if 'verdict' in result:
     print(f'\nbest pipeline / model = {result["ratio"]:.2f} ({result["best_pipeline"]}): '
           f'{result["verdict"]}')
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=1)
+  common.write_json(args.json, result)
   return result
 
 

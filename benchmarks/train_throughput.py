@@ -254,7 +254,8 @@ def run_segjax(row: dict, dtype: str, width: float, steps: int, repeats: int,
   loss = float(holder['metrics']['loss'])
   n_params = sum(x.size for x in jax.tree.leaves(holder['state'].params))
   return dict(framework='segjax', step_s=statistics.median(times), times=times,
-              compile_s=compile_s, lower_s=t1 - t0, flops=flops, xla_flops=xla_flops, peak_bytes=device_peak_bytes(),
+              compile_s=compile_s, lower_s=t1 - t0, flops=flops, xla_flops=xla_flops,
+              peak_bytes=device_peak_bytes(),
               plan_bytes=plan_bytes, loss=loss, params=int(n_params),
               device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
               jax=jax.__version__, profile=profile)

@@ -8,9 +8,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytest.importorskip('torch', reason='the benchmark peers need requirements-peers.txt')
-pytest.importorskip('torchvision', reason='the benchmark peers need requirements-peers.txt')
-pytest.importorskip('segmentation_models_pytorch', reason='the benchmark peers need requirements-peers.txt')
+_PEERS = 'the benchmark peers need requirements-peers.txt'
+for _module in ('torch', 'torchvision', 'segmentation_models_pytorch'):
+  pytest.importorskip(_module, reason=_PEERS)
 
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import train_throughput  # noqa: E402  pylint: disable=g-import-not-at-top

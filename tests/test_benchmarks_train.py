@@ -49,7 +49,7 @@ def test_segjax_rows_run_and_fill_the_table(tmp_path):
     assert m['framework'] == 'segjax' and 'error' not in m, m
     assert len(m['times']) == 2 and m['step_s'] > 0 and math.isfinite(m['loss'])
     assert m['compile_s'] > 0 and m['flops'] > 0 and m['params'] > 0
-  # The U-Net's model FLOPs do not depend on the lowering that runs.
+  # One table row per framework and row.
   table = train_throughput.table(info['results'], saved['matmul']['tflops'])
   assert table.count('\n| unet_mnv2 | segjax | 2 | 32x32 |') == 1
 

@@ -9,6 +9,8 @@ Arguments (after ':' in --config, comma-separated):
   python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/dlv3p
   python launch.py --config=configs/deeplabv3plus.py:dataset=camvid,runlocal \
       --config.data.root=../shared/data/camvid --workdir=runs/camvid
+
+get_sweep(arg): learning rate x output stride, 4 points (launch.py --sweep).
 """
 
 from configs import common
@@ -28,3 +30,15 @@ def get_config(arg=None):
     # A narrow encoder so the CPU runs take minutes.
     c.model.width_multiplier = 0.35 if a.dataset == 'synthetic' else 0.5
   return c
+
+
+def get_sweep(arg=None):
+  """Learning rate x output stride (4 points) around this config's recipe:
+
+  python launch.py --config=configs/deeplabv3plus.py:runlocal --sweep --workdir=runs/sweep
+  python -m segjax.results runs/sweep --sort=best_mIoU
+  """
+  from segjax import sweep  # pylint: disable=g-import-not-at-top
+  lr = get_config(arg).optimizer.lr
+  return sweep.product({'config.optimizer.lr': [lr, lr / 3]},
+                       {'config.model.output_stride': [16, 8]})

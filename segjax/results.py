@@ -149,15 +149,6 @@ def _best(series: list[tuple[int, float]]) -> tuple[Optional[float], Optional[in
   return best_value, best_step
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-  node = cfg
-  for part in dotted.split('.'):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
 def _overrides(value: Any, path: str) -> dict:
   if value is None:
     return {}
@@ -205,7 +196,7 @@ def summarize_run(workdir: str, *, skip_corrupt: bool = False) -> dict:
   rates = [v for _, v in _series(by_step, 'train/images_per_sec') if math.isfinite(v)]
   seconds = [_num(line['time/train_seconds']) for line in lines if 'time/train_seconds' in line]
   seconds = [s for s in seconds if math.isfinite(s)]
-  total = _get(cfg, 'total_steps')
+  total = cfg.get('total_steps') if isinstance(cfg, dict) else None
   return {
       'steps': max(by_step) if by_step else None,
       'total_steps': int(total) if _is_number(total) else None,

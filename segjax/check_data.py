@@ -393,6 +393,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = config_lib.validate(flags.FLAGS.config)
   splits = flags.FLAGS.split or [config.data.train_split, config.data.val_split]
+  # A joined split ('train+val') is scanned part by part.
+  splits = list(dict.fromkeys(p.strip() for s in splits for p in s.split('+')))
   for split in splits:
     try:
       sources.parse_split(split)

@@ -3,7 +3,8 @@ r"""Sweeps defined in config files, run point by point or emitted as commands.
 A config file may define `get_sweep(arg)` beside `get_config(arg)` (same
 argument): a list of override dicts, each a point of the sweep, with dotted
 keys into the config (the `config.` prefix is optional). Build them with
-`sweep`, `product`, `zipit` and `chain` (the names of Google's `hyper` module):
+`sweep`, `product`, `zipit` and `chain` (the names of Google's `hyper` module); a
+point's optional '_name' entry names its directory:
 
   def get_sweep(arg):
     from segjax import sweep
@@ -47,6 +48,7 @@ import ml_collections
 from segjax import config as config_lib
 
 Point = dict  # dotted key -> value
+NAME_KEY = '_name'  # A point's optional own name (instead of one spelled from its overrides).
 
 
 class SweepError(ValueError):
@@ -121,7 +123,10 @@ def _format_value(value: Any) -> str:
   if isinstance(value, float):
     return f'{value:g}'
   if isinstance(value, (list, tuple)):
-    return 'x'.join(_format_value(v) for v in value)
+    if len(value) > 4:  # Class weights, say: their count and a digest.
+      digest = hashlib.sha1(repr(tuple(value)).encode()).hexdigest()[:6]
+      return f'{len(value)}values-{digest}'
+    return 'x'.join(_format_value(v) for v in value) if value else 'none'
   return str(value)
 
 
@@ -140,13 +145,18 @@ def _short_keys(keys: Sequence[str]) -> dict[str, str]:
 
 
 def point_names(points: Sequence[Point]) -> list[str]:
-  """Directory names that spell each point's overrides: 'lr=0.001,output_stride=8'."""
-  keys = list(dict.fromkeys(normalize_key(k) for p in points for k in p))
+  """Directory names that spell each point's overrides: 'lr=0.001,output_stride=8'.
+
+  A point's NAME_KEY entry, if any, names it instead.
+  """
+  keys = list(dict.fromkeys(normalize_key(k) for p in points for k in p if k != NAME_KEY))
   short = _short_keys(keys)
   names = []
   for p in points:
-    items = [f'{short[normalize_key(k)]}={_format_value(v)}' for k, v in p.items()]
-    name = re.sub(r'[^A-Za-z0-9._,=+-]', '_', ','.join(items)) or 'base'
+    items = [f'{short[normalize_key(k)]}={_format_value(v)}' for k, v in p.items()
+             if k != NAME_KEY]
+    name = str(p[NAME_KEY]) if NAME_KEY in p else ','.join(items)
+    name = re.sub(r'[^A-Za-z0-9._,=+-]', '_', name) or 'base'
     if len(name) > 120:
       digest = hashlib.sha1(json.dumps(p, sort_keys=True, default=str).encode()).hexdigest()
       name = f'{name[:100]}-{digest[:8]}'
@@ -214,9 +224,9 @@ def expand(config: ml_collections.ConfigDict, points: Sequence[Point]) -> list[d
   names = point_names(points)
   out = []
   for i, (name, p) in enumerate(builtins.zip(names, points)):
-    overrides = {normalize_key(k): v for k, v in p.items()}
+    overrides = {normalize_key(k): v for k, v in p.items() if k != NAME_KEY}
     out.append({'name': name, 'overrides': overrides,
-                'config': apply(config, p, where=f'sweep point {i} ({name})')})
+                'config': apply(config, overrides, where=f'sweep point {i} ({name})')})
   return out
 
 

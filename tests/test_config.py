@@ -30,6 +30,9 @@ CONFIG_ARGS = {
     'segnet.py': [
         '', 'runlocal', 'bayesian', 'bayesian,mc_samples=8,dataset=synthetic,runlocal'],
     'dsrfcn.py': ['', 'runlocal', 'dataset=camvid'],
+    'camvid.py': ['', 'recipe=cpu', 'split=trainval', 'recipe=cpu,split=trainval',
+                  'class_weights=none', 'class_weights=median,output_stride=8',
+                  'recipe=cpu,crop=96x144,steps=200'],
 }
 
 

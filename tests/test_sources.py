@@ -382,3 +382,21 @@ def test_isbi_real():
     assert r['image'].shape == (512, 512, 3)
     assert set(np.unique(r['label']).tolist()) <= {0, 1}
   assert len(sources.make_source(d, 'train[:25]')) == 25
+
+
+def test_joined_splits_concatenate_their_parts():
+  sources_lib = sources
+  c = config_lib.base_config()
+  c.data.synthetic_train_examples, c.data.synthetic_val_examples = 6, 4
+  train = sources_lib.make_source(c.data, 'train')
+  val = sources_lib.make_source(c.data, 'val')
+  joined = sources_lib.make_source(c.data, 'train[:3]+val[1:]')
+  assert len(joined) == 3 + 3
+  expected = [train[0], train[1], train[2], val[1], val[2], val[3]]
+  for got, want in zip([joined[i] for i in range(len(joined))], expected):
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
+  with pytest.raises(IndexError):
+    joined[6]
+  with pytest.raises(ValueError, match='empty part'):
+    sources_lib.make_source(c.data, 'train+')

@@ -2,6 +2,7 @@
 running (skip finished, resume the interrupted point, record failures), and the
 results table of a real 3-point sweep."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -247,3 +248,14 @@ def test_launch_refuses_url_workdirs_and_emit_without_sweep(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_named_points_and_long_values():
+  assert sweep.point_names([{'_name': 'recipe'}, {'loss.class_weights': (1.0,) * 11},
+                            {'loss.class_weights': ()}]) == [
+                                'recipe', 'class_weights=11values-' +
+                                hashlib.sha1(repr((1.0,) * 11).encode()).hexdigest()[:6],
+                                'class_weights=none']
+  [point] = sweep.expand(_tiny(), [{'_name': 'my point', 'optimizer.lr': 0.5}])
+  assert point['name'] == 'my_point' and point['overrides'] == {'optimizer.lr': 0.5}
+  assert point['config'].optimizer.lr == 0.5

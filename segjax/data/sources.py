@@ -75,11 +75,38 @@ class Subset:
     return f'Subset({self.source!r}, {self.indices!r})'
 
 
+class Concat:
+  """Several sources one after another (a split like 'train+val')."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self._starts = np.cumsum([0] + [len(s) for s in self.sources])
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < len(self):
+      raise IndexError(f'index {index} out of range for {len(self)} examples')
+    part = int(np.searchsorted(self._starts, index, side='right')) - 1
+    return self.sources[part][index - int(self._starts[part])]
+
+  def __repr__(self) -> str:
+    return f'Concat({self.sources!r})'
+
+
 def make_source(data_config, split: str, *, problems: list | None = None):
   """The source for `split` of the dataset named by data_config.name.
 
-  `problems` is passed to FolderSource (see there); other sources ignore it.
+  A split may join several with '+', each with its own slice:
+  'train+val', 'train[:300]+val'. `problems` is passed to FolderSource (see
+  there); other sources ignore it.
   """
+  if split and '+' in split:
+    parts = [p.strip() for p in split.split('+')]
+    if not all(parts):
+      raise ValueError(f"split {split!r}: an empty part between '+'")
+    return Concat(make_source(data_config, p, problems=problems) for p in parts)
   spec = label_spec(data_config)
   mapper = labels_lib.LabelMapper(spec, data_config.label_map)
   name = data_config.name

@@ -15,6 +15,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from segjax import config as config_lib
@@ -67,14 +68,9 @@ def run_sweep(workdir: str) -> None:
     return
   sweep.run(_CONFIG.value, workdir, points, config_arg=config_arg,
             base_overrides=base_overrides)
-  if jax_process_index() == 0:
+  if jax.process_index() == 0:
     from segjax import results  # pylint: disable=g-import-not-at-top
     print(results.format_markdown(results.collect(workdir)), flush=True)
-
-
-def jax_process_index() -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index()
 
 
 def main(argv):

@@ -13,6 +13,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -45,8 +46,9 @@ class _Global:
 class Storage:
   """A torch storage: a flat array and its key in the file."""
 
-  def __init__(self, key, array, type_name='FloatStorage'):
+  def __init__(self, key, array, type_name='FloatStorage', declared=None):
     self.key, self.array, self.type_name = key, np.ascontiguousarray(array).ravel(), type_name
+    self.numel = self.array.size if declared is None else declared  # In the persistent id.
 
 
 class Tensor:
@@ -80,7 +82,7 @@ class _Writer(pickle._Pickler):  # pylint: disable=protected-access
 
   def persistent_id(self, obj):
     if isinstance(obj, Storage):
-      pid = ('storage', _Global('torch', obj.type_name), obj.key, 'cpu', obj.array.size)
+      pid = ('storage', _Global('torch', obj.type_name), obj.key, 'cpu', obj.numel)
       return pid + (None,) if self.legacy else pid
     return None
 
@@ -225,3 +227,228 @@ def test_build_opcode_cannot_rewrite_reader_objects(tmp_path):
     path = write_torch(tmp_path / 'build.pth', sd)
     with pytest.raises(readers.WeightsFileError, match='build.pth'):
       readers.read_weights(str(path))
+
+
+# --------------------------------------------------------------------------- tensor geometry
+
+# name: (storage elements, offset, size, stride, the error, worked out by hand).
+HOSTILE_TENSORS = {
+    # Read 4 MiB before the buffer: a segfault or heap bytes in the weights.
+    'negative_stride': (16, 0, (4,), (-(1 << 20),), r'stride \(-1048576,\) is negative'),
+    # 10^11 float32 from one element: 373 GiB asked for.
+    'zero_stride': (16, 0, (100000, 1000000), (0, 0),
+                    r'stride \(0, 0\) is zero on a dimension longer than 1'),
+    # Last element 1*5 + 3*1 = 8 of 8 (indices 0..7); 8 elements, as many as stored.
+    'stride_past_end': (8, 0, (2, 4), (5, 1),
+                        r'size \(2, 4\), stride \(5, 1\) and offset 0 address element 8, '
+                        r'past its storage \(8 elements\)'),
+    # Last element 6 + 1*2 = 8 of 8; 2 elements from offset 6, as many as stored.
+    'offset_past_end': (8, 6, (2,), (2,),
+                        r'size \(2,\), stride \(2,\) and offset 6 address element 8, '
+                        r'past its storage \(8 elements\)'),
+    'offset_beyond': (8, 100, (2,), (1,), r'size \(2,\) \(2 elements\) is more than its storage holds '
+                      r'from offset 100 \(8 elements\)'),
+    # numpy would slice from the end: flat[-4:].
+    'negative_offset': (8, -4, (2,), (1,), r'storage offset -4 is not a non-negative'),
+    # Overlapping windows: span 2 * 99999 + 1 fits, 10^10 elements do not.
+    'overlapping': (200000, 0, (100000, 100000), (1, 1),
+                    r'size \(100000, 100000\) \(10000000000 elements\) is more than its '
+                    r'storage holds from offset 0 \(200000 elements\)'),
+    'negative_size': (8, 0, (-2, 4), (4, 1), r'size \(-2, 4\) is not a tuple of non-neg'),
+    'float_stride': (8, 0, (2,), (1.5,), r'stride \(1\.5,\) is not 1 integers'),
+    'stride_rank': (8, 0, (2, 2), (1,), r'stride \(1,\) is not 2 integers'),
+}
+
+# Reads each file named on the command line with readers.py alone (no jax), one line
+# each: 'OK <shape>' or 'ERROR <message>'. A crash shows in the return code.
+_READ_SCRIPT = r'''
+import importlib.util, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # A runaway allocation fails.
+spec = importlib.util.spec_from_file_location('readers', sys.argv[1])
+readers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readers)
+for path in sys.argv[2:]:
+  try:
+    got = readers.read_weights(path)
+    print('OK', {k: v.shape for k, v in got.items()}, flush=True)
+  except readers.WeightsFileError as e:
+    print('ERROR', e, flush=True)
+'''
+
+
+def _read_in_subprocess(paths, timeout=300):
+  proc = subprocess.run(
+      [sys.executable, '-c', _READ_SCRIPT,
+       str(ROOT / 'segjax' / 'models' / 'convert' / 'readers.py')] + [str(p) for p in paths],
+      capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+  lines = proc.stdout.splitlines()
+  assert len(lines) == len(paths), proc.stdout
+  return lines
+
+
+def _hostile_file(tmp_path, name, legacy):
+  numel, offset, size, stride, _ = HOSTILE_TENSORS[name]
+  st = Storage('0', np.arange(numel, dtype=np.float32))
+  sd = {'good': Tensor(st, 0, (2,), (1,)), 'bad': Tensor(st, offset, size, stride)}
+  fmt = 'legacy' if legacy else 'zip'
+  return write_torch(tmp_path / f'{name}_{fmt}.pth', {'state_dict': sd}, legacy=legacy)
+
+
+def test_tensor_geometry_is_checked_before_any_view(tmp_path):
+  """Crafted offsets, sizes and strides, in both formats: one line naming the file
+  and the tensor's key path, no crash, no allocation beyond the storage."""
+  cases = [(name, legacy) for name in HOSTILE_TENSORS for legacy in (True, False)]
+  paths = [_hostile_file(tmp_path, name, legacy) for name, legacy in cases]
+  for (name, legacy), path, line in zip(cases, paths, _read_in_subprocess(paths)):
+    pattern = rf"^ERROR {re.escape(str(path))}: tensor 'state_dict/bad': {HOSTILE_TENSORS[name][-1]}"
+    assert re.search(pattern, line), (name, legacy, line)
+
+
+def test_convert_command_refuses_negative_stride(tmp_path):
+  path = _hostile_file(tmp_path, 'negative_stride', legacy=True)
+  proc = subprocess.run([sys.executable, '-m', 'segjax.convert', '--from=torchvision',
+                         '--arch=resnet50', f'--weights={path}', f'--out={tmp_path / "out"}'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {path}: tensor 'state_dict/bad': stride (-1048576,) is negative"]
+  assert not (tmp_path / 'out').exists()
+
+
+def test_storage_sizes_are_checked(tmp_path):
+  """Element counts that disagree with the data: before the bytes are read."""
+  arr = np.arange(8, dtype=np.float32)
+  sd = {'w': Tensor(Storage('0', arr), 0, (8,), (1,))}
+  huge = write_torch(tmp_path / 'huge.pth', sd, numel_override={'0': 1 << 60})
+  negative = write_torch(tmp_path / 'negative.pth', sd, numel_override={'0': -1})
+  sd_zip = {'w': Tensor(Storage('0', arr, declared=1 << 40), 0, (8,), (1,))}
+  zip_short = write_torch(tmp_path / 'zip_short.pth', sd_zip, legacy=False)
+  sd_missing = {'w': Tensor(Storage('0', arr), 0, (8,), (1,))}
+  no_data = write_torch(tmp_path / 'no_data.pth', sd_missing, replace={'keys': []})
+  lines = _read_in_subprocess([huge, negative, zip_short, no_data])
+  assert lines[0] == (f'ERROR {huge}: storage 0 holds 1152921504606846976 elements, but '
+                      'the object says 8')
+  assert lines[1] == f'ERROR {negative}: storage 0 holds -1 elements, but the object says 8'
+  assert lines[2].startswith(f'ERROR {zip_short}: storage archive/data/0 is truncated '
+                             '(1099511627776 elements')
+  assert lines[3] == f'ERROR {no_data}: storage 0 has no data in the file'
+
+
+def test_shared_and_deep_containers(tmp_path):
+  """A pickle that shares one list 2^60 times (kilobytes on disk) is built once,
+  not expanded; containers nested deeper than any state dict are refused."""
+  w = Tensor(Storage('0', np.ones(2, np.float32)), 0, (2,), (1,))
+  shared = [w]
+  for _ in range(60):
+    shared = [shared, shared]
+  deep = [w]
+  for _ in range(150):
+    deep = [deep]
+  bomb = write_torch(tmp_path / 'bomb.pth', {'w': w, 'x': shared})
+  nested = write_torch(tmp_path / 'deep.pth', {'w': w, 'x': deep})
+  lines = _read_in_subprocess([bomb, nested], timeout=60)
+  assert lines[0] == "OK {'w': (2,)}"
+  assert re.match(rf"ERROR {re.escape(str(nested))}: 'x(/0){{100}}' is nested more than 100",
+                  lines[1]), lines[1]
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def _safetensors(path, header, data=b''):
+  import json  # pylint: disable=g-import-not-at-top
+  head = json.dumps(header).encode()
+  path.write_bytes(struct.pack('<Q', len(head)) + head + data)
+  return path
+
+
+@pytest.mark.parametrize('entry, message', [
+    ({'dtype': 'F32', 'shape': [2], 'data_offsets': [-4, 8]}, 'data_offsets'),
+    ({'dtype': 'F32', 'shape': [2], 'data_offsets': [8, 4]}, 'data_offsets'),
+    ({'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]},
+     r'shape \(3,\) and dtype F32 needs 12 bytes, its data_offsets give 8'),
+    ({'dtype': 'F32', 'shape': [-2], 'data_offsets': [0, 8]}, 'not a list of non-negative'),
+    ({'dtype': 'F32', 'shape': [2]}, 'has no dtype, shape and data_offsets'),
+    ({'dtype': 'O', 'shape': [2], 'data_offsets': [0, 8]}, 'unsupported dtype'),
+])
+def test_safetensors_header_is_checked(tmp_path, entry, message):
+  path = _safetensors(tmp_path / 'w.safetensors', {'w': entry}, np.ones(4, np.float32).tobytes())
+  with pytest.raises(readers.WeightsFileError, match=rf"w\.safetensors: tensor 'w'.*{message}"):
+    readers.read_weights(str(path))
+
+
+# --------------------------------------------------------------------------- Keras .h5
+
+
+def _legacy_h5(path, make_dataset):
+  """A keras.applications-layout file: one layer 'dense' with one weight."""
+  h5py = pytest.importorskip('h5py')
+  with h5py.File(path, 'w') as f:
+    f.attrs['layer_names'] = [b'dense']
+    g = f.create_group('dense')
+    g.attrs['weight_names'] = [b'dense/kernel:0']
+    make_dataset(g, 'dense/kernel:0')
+  return path
+
+
+def test_h5_data_from_other_files_is_refused(tmp_path):
+  h5py = pytest.importorskip('h5py')
+  secret = tmp_path / 'secret.bin'
+  secret.write_bytes(b'not weights')
+  good = _legacy_h5(tmp_path / 'good.h5', lambda g, n: g.create_dataset(n, data=np.ones(3)))
+  assert np.array_equal(readers.read_weights(str(good))['dense/0'], np.ones(3))
+  external = _legacy_h5(tmp_path / 'external.h5', lambda g, n: g.create_dataset(
+      n, (4,), dtype='u1', external=[(str(secret), 0, 4)]))
+  with pytest.raises(readers.WeightsFileError,
+                     match=r"external\.h5: weight 'dense/0' keeps its data in other files"):
+    readers.read_weights(str(external))
+
+  def link(g, n):
+    g.create_group('dense')['kernel:0'] = h5py.ExternalLink(str(good), '/dense/dense/kernel:0')
+  linked = _legacy_h5(tmp_path / 'linked.h5', link)
+  with pytest.raises(readers.WeightsFileError,
+                     match=r"linked\.h5: weight 'dense/0' links to another file .*good\.h5"):
+    readers.read_weights(str(linked))
+
+
+def test_h5_shape_beyond_stored_bytes_and_strings_refused(tmp_path):
+  # 4 * 10^12 bytes declared, none stored (unallocated chunks read as the fill value).
+  huge = _legacy_h5(tmp_path / 'huge.h5', lambda g, n: g.create_dataset(
+      n, (1000000, 1000000), dtype='f4', chunks=(100, 100)))
+  with pytest.raises(readers.WeightsFileError, match=r"huge\.h5: weight 'dense/0' declares "
+                     r'shape \(1000000, 1000000\) \(4000000000000 bytes\) but the file stores 0'):
+    readers.read_weights(str(huge))
+  text = _legacy_h5(tmp_path / 'text.h5', lambda g, n: g.create_dataset(n, data=[b'a', b'b']))
+  with pytest.raises(readers.WeightsFileError, match=r"text\.h5: weight 'dense/0' has dtype"):
+    readers.read_weights(str(text))
+  missing = _legacy_h5(tmp_path / 'missing.h5', lambda g, n: None)
+  with pytest.raises(readers.WeightsFileError, match=r'missing\.h5: not a Keras weights file'):
+    readers.read_weights(str(missing))
+
+
+# --------------------------------------------------------------------------- .npz
+
+
+def test_npz_object_arrays_and_inflated_headers_refused(tmp_path):
+  good = tmp_path / 'good.npz'
+  np.savez(good, w=np.arange(3.0))
+  assert np.array_equal(readers.read_weights(str(good))['w'], np.arange(3.0))
+  objects = tmp_path / 'objects.npz'
+  np.savez(objects, w=np.array([{'a': 1}], dtype=object))
+  with pytest.raises(readers.WeightsFileError, match=r"objects\.npz: array 'w' holds Python"):
+    readers.read_weights(str(objects))
+  inflated = tmp_path / 'inflated.npz'
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      buf, {'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000)})
+  with zipfile.ZipFile(inflated, 'w') as zf:
+    zf.writestr('w.npy', buf.getvalue() + b'\0' * 16)
+  with pytest.raises(readers.WeightsFileError, match=r"inflated\.npz: array 'w' declares shape "
+                     r'\(1000000, 1000000\) \(4000000000000 bytes\) but stores'):
+    readers.read_weights(str(inflated))
+  not_zip = tmp_path / 'plain.npz'
+  np.save(tmp_path / 'plain.npy', np.arange(3))
+  os.rename(tmp_path / 'plain.npy', not_zip)
+  with pytest.raises(readers.WeightsFileError, match=r'plain\.npz: not an \.npz'):
+    readers.read_weights(str(not_zip))

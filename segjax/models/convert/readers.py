@@ -379,6 +379,9 @@ def _read_torch_legacy(path: str) -> Any:
         raise WeightsFileError(f'{path}: storage {key} is truncated ({numel} elements '
                                f'declared, {size - f.tell()} bytes left)')
       st._array = np.frombuffer(f.read(nbytes), dtype=st.dtype)  # pylint: disable=protected-access
+    missing = [k for k, st in storages.items() if st._array is None]  # pylint: disable=protected-access
+    if missing:
+      raise WeightsFileError(f'{path}: storage {missing[0]} has no data in the file')
     for holder, root, offset in views:
       holder._array = root.array[offset:offset + holder.numel]  # pylint: disable=protected-access
     return _materialise(obj, path)

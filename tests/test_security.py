@@ -452,3 +452,158 @@ def test_npz_object_arrays_and_inflated_headers_refused(tmp_path):
   os.rename(tmp_path / 'plain.npy', not_zip)
   with pytest.raises(readers.WeightsFileError, match=r'plain\.npz: not an \.npz'):
     readers.read_weights(str(not_zip))
+
+
+# --------------------------------------------------------------------------- data.root
+
+
+def _png(path, array):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(array).save(path)
+  return path
+
+
+def _dataset(root, n=2, split='train'):
+  """n 4x5 image/mask pairs; the images' first pixel is the index (to tell them apart)."""
+  for i in range(n):
+    img = np.full((4, 5, 3), 50, np.uint8)
+    img[0, 0] = i
+    _png(root / split / f'img{i}.png', img)
+    _png(root / f'{split}annot' / f'img{i}.png', np.ones((4, 5), np.uint8))
+  return root
+
+
+def _data_config(root, **data):
+  from segjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.data.name = 'folder'
+  c.data.root = str(root)
+  c.data.num_classes = 3
+  c.data.class_names = ('a', 'b', 'c')
+  for k, v in data.items():
+    setattr(c.data, k, v)
+  return config_lib.validate(c)
+
+
+@pytest.fixture
+def outside(tmp_path):
+  """A folder next to data.root with an image, a mask and a 'secret' text file."""
+  out = tmp_path / 'outside'
+  _png(out / 'x.png', np.full((4, 5, 3), 200, np.uint8))
+  _png(out / 'm.png', np.ones((4, 5), np.uint8))
+  (out / 'secret.txt').write_text('SECRET-1 a b c\nSECRET-2\nSECRET-3 x\n')
+  return out
+
+
+def _make(data, split='train', problems=None):
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.make_source(data, split, problems=problems)
+
+
+def test_linked_image_or_mask_outside_root_is_refused(tmp_path, outside):
+  """train/x.png -> a file outside data.root: refused naming the link and its target
+  (collected as a problem by check_data); the other pairs still read."""
+  from segjax import check_data  # pylint: disable=g-import-not-at-top
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  root = _dataset(tmp_path / 'root')
+  (root / 'train' / 'img9.png').symlink_to(outside / 'x.png')
+  (root / 'trainannot' / 'img9.png').symlink_to(root / 'trainannot' / 'img0.png')
+  data = _data_config(root).data
+  with pytest.raises(sources.DataError, match=r"image '.*root/train/img9\.png' leads outside "
+                     r"data\.root .* to '.*outside/x\.png'"):
+    _make(data)
+  problems = []
+  src = _make(data, problems=problems)
+  assert [r['image'][0, 0, 0] for r in (src[0], src[1])] == [0, 1]  # Not 200 (outside).
+  assert [pathlib.Path(p).name for p, _ in problems] == ['img9.png']
+  # A mask linked outside, the image inside.
+  (root / 'train' / 'img9.png').unlink()
+  _png(root / 'train' / 'img9.png', np.zeros((4, 5, 3), np.uint8))
+  (root / 'trainannot' / 'img9.png').unlink()
+  (root / 'trainannot' / 'img9.png').symlink_to(outside / 'm.png')
+  with pytest.raises(sources.DataError, match=r"mask '.*trainannot/img9\.png' leads outside"):
+    _make(data)
+  r = check_data.scan_split(_data_config(root), 'train')
+  assert r['num_ok'] == 2 and len(r['problems']) == 1
+  assert r['problems'][0]['file'].endswith('trainannot/img9.png')
+  assert 'outside/m.png' in r['problems'][0]['problem']
+
+
+def test_linked_folders_and_config_paths_outside_root_are_refused(tmp_path, outside):
+  """A 'train -> /elsewhere' folder, image_dir/mask_dir/split names with '..' or an
+  absolute path: one error naming the folder and where it resolves to."""
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  root = _dataset(tmp_path / 'root', split='val')
+  (root / 'train').symlink_to(outside, target_is_directory=True)
+  (root / 'trainannot').symlink_to(outside, target_is_directory=True)
+  pattern = r"data\.image_dir folder '.*' is outside data\.root .*: it resolves to '.*outside'"
+  with pytest.raises(sources.DataError, match=pattern):
+    _make(_data_config(root).data)
+  with pytest.raises(sources.DataError, match=pattern):
+    _make(_data_config(root, image_dir=str(outside)).data, 'val')
+  with pytest.raises(sources.DataError, match=r'data\.mask_dir folder .* is outside'):
+    _make(_data_config(root, mask_dir='../outside').data, 'val')
+  with pytest.raises(sources.DataError, match=r"split '\.\./outside': data\.image_dir .* "
+                     'is outside'):
+    _make(_data_config(root, image_dir='{split}', mask_dir='val').data, '../outside')
+
+
+def test_list_file_outside_root_is_refused_and_never_echoed(tmp_path, outside):
+  """data.list_file pointing at a file outside data.root (by '..', an absolute path,
+  or a link) is refused without reading it; check_data does not print its lines."""
+  from segjax import check_data  # pylint: disable=g-import-not-at-top
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  root = _dataset(tmp_path / 'root')
+  (root / 'linked.txt').symlink_to(outside / 'secret.txt')
+  for list_file in ('../outside/secret.txt', str(outside / 'secret.txt'), 'linked.txt'):
+    with pytest.raises(sources.DataError, match=r"data\.list_file '.*' is outside data\.root"):
+      _make(_data_config(root, list_file=list_file).data)
+    config = _data_config(root, list_file=list_file)
+    text = check_data.format_report(check_data.scan(config, ['train']))
+    assert 'SECRET' not in text and 'is outside data.root' in text, text
+  # Inside data.root, a file that is not a list: named by line number, not echoed.
+  (root / 'notes.txt').write_text('SECRET-1 a b c\ntrain/img0.png trainannot/img0.png\n')
+  config = _data_config(root, list_file='notes.txt')
+  r = check_data.scan_split(config, 'train')
+  assert r['num_ok'] == 1 and [p['file'] for p in r['problems']] == [f'{root}/notes.txt:1']
+  assert 'SECRET' not in check_data.format_report(check_data.scan(config, ['train']))
+
+
+def test_list_entries_linked_outside_root_are_refused(tmp_path, outside):
+  """A list entry whose text stays inside but which is a link leading out."""
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  root = _dataset(tmp_path / 'root')
+  (root / 'train' / 'link.png').symlink_to(outside / 'x.png')
+  (root / 'train.txt').write_text('train/link.png trainannot/img0.png\n')
+  with pytest.raises(sources.DataError, match=r"train\.txt:1: path 'train/link\.png' escapes "
+                     r"data\.root .* to '.*outside/x\.png'"):
+    _make(_data_config(root, list_file='{split}.txt').data)
+
+
+def test_symlinked_root_and_links_inside_it_are_fine(tmp_path):
+  """data.root may itself be a link, and links that stay inside the real root are read;
+  names stay relative to data.root as given."""
+  real = _dataset(tmp_path / 'real')
+  (real / 'train' / 'img5.png').symlink_to(real / 'train' / 'img1.png')
+  (real / 'trainannot' / 'img5.png').symlink_to('img1.png')
+  link = tmp_path / 'link'
+  link.symlink_to(real, target_is_directory=True)
+  src = _make(_data_config(link).data)
+  assert [src[i]['name'] for i in range(len(src))] == [
+      'train/img0.png', 'train/img1.png', 'train/img5.png']
+  assert src[2]['image'][0, 0, 0] == 1  # img5 is img1.
+  (link / 'train.txt').write_text('train/img5.png trainannot/img5.png\n')
+  assert len(_make(_data_config(link, list_file='{split}.txt').data)) == 1
+
+
+def test_file_swapped_for_a_link_after_listing_is_refused(tmp_path, outside):
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  root = _dataset(tmp_path / 'root')
+  src = _make(_data_config(root).data)
+  (root / 'train' / 'img1.png').unlink()
+  (root / 'train' / 'img1.png').symlink_to(outside / 'x.png')
+  assert src[0]['image'][0, 0, 0] == 0
+  with pytest.raises(sources.DataError, match=r"'.*train/img1\.png' leads outside data\.root "
+                     r".* to '.*outside/x\.png'"):
+    src[1]  # pylint: disable=pointless-statement

@@ -38,6 +38,16 @@ class DataError(ValueError):
   """A problem with the dataset's files; the message names the file(s)."""
 
 
+def _inside(real_root: str, real_path: str) -> bool:
+  """Whether real_path is real_root or below it (both already real paths)."""
+  return os.path.commonpath([real_root, real_path]) == real_root
+
+
+def _cut(text: str, limit: int = 200) -> str:
+  """A path from a list file, cut short: messages name paths, not file contents."""
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
 def label_spec(data_config) -> labels_lib.LabelSpec:
   """The LabelSpec of a config's `data` block."""
   return labels_lib.spec_from_config(data_config)
@@ -212,6 +222,15 @@ class FolderSource:
       starting with '#' are skipped.
   Pairs are naturally sorted by image path before the split slice applies.
 
+  Confinement: every folder, list file and image or mask this source opens
+  must have its real path (symlinks resolved) inside the real path of root.
+  A root that is itself a symlink is fine (it is resolved first); a link
+  inside it that leads out (a 'train/x.png -> /elsewhere' file, a 'train ->
+  /etc' folder, a list_file, image_dir, mask_dir or split name with '..' or
+  an absolute path) is refused naming the path and where it leads. Files are
+  checked again when read, so a file swapped for such a link later is
+  refused too.
+
   `problems`: None (the default) raises DataError on the first image without a
   mask or bad list-file line. A list instead collects each of those as a
   (path, message) tuple and skips that image or line (the split slice then
@@ -241,6 +260,7 @@ class FolderSource:
     self.root = Path(os.path.abspath(root))
     if not self.root.is_dir():
       raise DataError(f'data.root {str(self.root)!r} does not exist or is not a folder')
+    self.real_root = os.path.realpath(self.root)
     base, sl = parse_split(split)
     if list_file:
       pairs, where = self._from_list(list_file.format(split=base))
@@ -257,9 +277,22 @@ class FolderSource:
       raise DataError(f'split {split!r}: the slice selects none of the {len(pairs)} '
                       f'examples in {where}')
 
+  def _outside(self, path) -> str | None:
+    """None if the real path of `path` is inside the real data.root, else that real path."""
+    real = os.path.realpath(path)
+    return None if _inside(self.real_root, real) else real
+
+  def _check_inside(self, path, what: str) -> None:
+    """Raises DataError unless `path` (a folder or list file from the config) is inside."""
+    outside = self._outside(path)
+    if outside is not None:
+      raise DataError(f'split {self.split!r}: {what} {str(path)!r} is outside data.root '
+                      f'({self.real_root}): it resolves to {outside!r}')
+
   def _from_folders(self, image_dir, mask_dir, suffixes, mask_suffix):
     idir, mdir = self.root / image_dir, self.root / mask_dir
     for d, what in ((idir, 'data.image_dir'), (mdir, 'data.mask_dir')):
+      self._check_inside(d, f'{what} folder')
       if not d.is_dir():
         raise DataError(f'split {self.split!r}: {what} folder {str(d)!r} does not exist')
     same_dir = idir.resolve() == mdir.resolve()
@@ -269,6 +302,11 @@ class FolderSource:
         continue
       if same_dir and mask_suffix and f.name.endswith(mask_suffix):
         continue  # Masks that live next to their images are not images.
+      outside = self._outside(f)
+      if outside is not None:
+        self._problem(f, f'image {str(f)!r} leads outside data.root ({self.real_root}) to '
+                      f'{outside!r}; refused')
+        continue
       if mask_suffix:
         candidates = [mdir / (f.stem + mask_suffix)]
       else:
@@ -280,33 +318,47 @@ class FolderSource:
         self._problem(f, f'image {str(f)!r} has no mask: looked for '
                       f'{[str(c) for c in candidates]}')
         continue
+      outside = self._outside(mask)
+      if outside is not None:
+        self._problem(mask, f'mask {str(mask)!r} leads outside data.root ({self.real_root}) '
+                      f'to {outside!r}; refused')
+        continue
       pairs.append((f, mask))
     return pairs, f'folder {str(idir)!r}'
 
   def _from_list(self, list_file):
     path = self.root / list_file
+    self._check_inside(path, 'data.list_file')
     if not path.is_file():
       raise DataError(f'split {self.split!r}: list file {str(path)!r} does not exist')
+    try:
+      text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e:  # Named by position only: the bytes are not echoed.
+      raise DataError(f'split {self.split!r}: list file {str(path)!r} is not UTF-8 text '
+                      f'(byte {e.start})') from None
     root = os.path.normpath(str(self.root))
     pairs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
       line = line.strip()
       if not line or line.startswith('#'):
         continue
       parts = line.split()
       where = f'{path}:{lineno}'
-      if len(parts) != 2:
-        self._problem(where, f'{where}: expected "<image> <mask>", got {line!r}')
+      if len(parts) != 2:  # The line itself is not echoed (the file may not be a list).
+        self._problem(where, f'{where}: expected "<image> <mask>" (two paths relative to '
+                      f'data.root), got {len(parts)} field{"s" * (len(parts) != 1)}')
         continue
       pair = []
       for p in parts:
         if os.path.isabs(p) or p.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', p):
-          self._problem(where, f'{where}: path {p!r} is absolute; list-file paths '
+          self._problem(where, f'{where}: path {_cut(p)!r} is absolute; list-file paths '
                         f'must be relative to data.root ({root})')
           continue
         full = os.path.normpath(os.path.join(root, p))
-        if os.path.commonpath([root, full]) != root:
-          self._problem(where, f'{where}: path {p!r} escapes data.root ({root})')
+        outside = self._outside(full)
+        if outside is not None:
+          self._problem(where, f'{where}: path {_cut(p)!r} escapes data.root '
+                        f'({self.real_root}) to {outside!r}')
           continue
         if not os.path.isfile(full):
           self._problem(where, f'{where}: file {full!r} does not exist')
@@ -330,6 +382,11 @@ class FolderSource:
 
   def __getitem__(self, index: int) -> dict:
     image_path, mask_path = self.pairs[index]
+    for path in (image_path, mask_path):  # Checked again: a file may be a link by now.
+      outside = self._outside(path)
+      if outside is not None:
+        raise DataError(f'{str(path)!r} leads outside data.root ({self.real_root}) to '
+                        f'{outside!r}; refused')
     img = _open(image_path)
     mask = _open(mask_path)
     if img.size != mask.size:

@@ -90,6 +90,11 @@ class _Writer(pickle._Pickler):  # pylint: disable=protected-access
     if isinstance(obj, _Global):
       self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode())
       return
+    if isinstance(obj, _Build):
+      self.save(obj.target)
+      self.save(obj.state)
+      self.write(pickle.BUILD)
+      return
     super().save(obj, save_persistent_id)
 
 
@@ -206,26 +211,24 @@ def test_header_pickles_allow_no_globals(tmp_path):
     readers.read_weights(str(path))
 
 
-class _SetState:
-  """Pickles as OrderedDict() followed by BUILD with `state` (sets attributes)."""
+class _Build:
+  """Written as `target` followed by BUILD(state): sets attributes on `target` itself."""
 
   def __init__(self, target, state):
     self.target, self.state = target, state
 
-  def __reduce__(self):
-    return (self.target, (), self.state)
-
 
 def test_build_opcode_cannot_rewrite_reader_objects(tmp_path):
-  """pickle's BUILD on a reader function or tensor would set its attributes (a
-  tensor's offset after the fact, a function's defaults): refused."""
+  """pickle's BUILD on what a global resolves to would set its attributes (here the
+  reader's tensor function's defaults, a storage type's dtype): refused."""
   st = Storage('0', np.ones(4, np.float32))
-  for target, state in ((_Global('torch._utils', '_rebuild_tensor_v2'),
-                         {'__defaults__': (0, (4,), (1,))}),
-                        (_Global('torch', 'FloatStorage'), {'dtype': 'O'})):
-    sd = {'w': Tensor(st, 0, (4,), (1,)), 'x': _SetState(target, state)}
-    path = write_torch(tmp_path / 'build.pth', sd)
-    with pytest.raises(readers.WeightsFileError, match='build.pth'):
+  for name, target in (('fn', _Global('torch._utils', '_rebuild_tensor_v2')),
+                       ('dtype', _Global('torch', 'FloatStorage'))):
+    state = (None, {'__defaults__': (0, (4,), (1,))} if name == 'fn' else {'dtype': 'O'})
+    sd = {'w': Tensor(st, 0, (4,), (1,)), 'x': _Build(target, state)}
+    path = write_torch(tmp_path / f'build_{name}.pth', sd)
+    with pytest.raises(readers.WeightsFileError,
+                       match=rf'build_{name}\.pth: .*sets the state of a reader object'):
       readers.read_weights(str(path))
 
 

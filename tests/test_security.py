@@ -329,7 +329,12 @@ def test_storage_sizes_are_checked(tmp_path):
   zip_short = write_torch(tmp_path / 'zip_short.pth', sd_zip, legacy=False)
   sd_missing = {'w': Tensor(Storage('0', arr), 0, (8,), (1,))}
   no_data = write_torch(tmp_path / 'no_data.pth', sd_missing, replace={'keys': []})
-  lines = _read_in_subprocess([huge, negative, zip_short, no_data])
+  # Both counts agree on 2^40 elements (4 TiB): refused before read() allocates them.
+  sd_big = {'w': Tensor(Storage('0', arr, declared=1 << 40), 0, (8,), (1,))}
+  big = write_torch(tmp_path / 'big.pth', sd_big, numel_override={'0': 1 << 40})
+  lines = _read_in_subprocess([huge, negative, zip_short, no_data, big])
+  assert lines[4].startswith(f'ERROR {big}: storage 0 is truncated (1099511627776 elements '
+                             'declared, 32 bytes left)'), lines[4]
   assert lines[0] == (f'ERROR {huge}: storage 0 holds 1152921504606846976 elements, but '
                       'the object says 8')
   assert lines[1] == f'ERROR {negative}: storage 0 holds -1 elements, but the object says 8'

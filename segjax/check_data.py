@@ -17,7 +17,10 @@ and `LabelMapper` with data.label_map), and the report gives per split:
     masks, images without a mask, image/mask size mismatches, mask values that
     are neither a class nor the ignore label, RGB masks with unequal channels
     under mask_format='index', colours not in the palette, bad list-file lines
-    (absolute, escaping data.root, missing files, malformed), empty splits.
+    (absolute, escaping data.root, missing files, malformed: named by line
+    number, the line is not echoed), images and masks whose real path
+    (symlinks resolved) leads outside data.root, folders or a list file
+    outside data.root (then the split is not read), empty splits.
 Problems do not stop the scan. Sizes and modes count every image that could be
 opened; label statistics count the examples read OK. Images without a mask and
 bad list-file lines are skipped before a split slice ('train[:25]') applies,

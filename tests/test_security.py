@@ -157,10 +157,12 @@ def test_written_torch_files_read_back_as_numpy_views(tmp_path, legacy):
       t=Tensor(st, 0, (7, 6), (1, 7)),         # (6, 7) transposed.
       part=Tensor(st, 12, (2, 7), (7, 1)),     # rows 12..25 as (2, 7).
       scalar=Tensor(st_i, 2, (), ()),
-      ints=Tensor(st_i, 0, (3,), (1,)))
+      ints=Tensor(st_i, 0, (3,), (1,)),
+      row=Tensor(st, 3, (1, 4), (1 << 70, 1)))  # A size-1 dimension may have any stride.
   path = write_torch(tmp_path / 'sd.pth', {'state_dict': sd, 'epoch': 3}, legacy=legacy)
   got = readers.read_weights(str(path))
-  assert set(got) == {'t', 'part', 'scalar', 'ints'}
+  assert set(got) == {'t', 'part', 'scalar', 'ints', 'row'}
+  np.testing.assert_array_equal(got['row'], flat[3:7].reshape(1, 4))
   np.testing.assert_array_equal(got['t'], flat.reshape(6, 7).T)
   np.testing.assert_array_equal(got['part'], flat[12:26].reshape(2, 7))
   assert got['scalar'].shape == () and got['scalar'] == 11
@@ -576,6 +578,10 @@ def test_list_file_outside_root_is_refused_and_never_echoed(tmp_path, outside):
   r = check_data.scan_split(config, 'train')
   assert r['num_ok'] == 1 and [p['file'] for p in r['problems']] == [f'{root}/notes.txt:1']
   assert 'SECRET' not in check_data.format_report(check_data.scan(config, ['train']))
+  (root / 'binary.txt').write_bytes(b'\x89PNG SECRET-1\n')
+  with pytest.raises(sources.DataError, match=r"list file '.*binary\.txt' is not UTF-8 text "
+                     r'\(byte 0\)$'):
+    _make(_data_config(root, list_file='binary.txt').data)
 
 
 def test_list_entries_linked_outside_root_are_refused(tmp_path, outside):

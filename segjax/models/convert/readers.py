@@ -166,10 +166,12 @@ class _LazyTensor(_Sealed):
                              f'{flat.size} elements, not {self.storage.numel}: truncated file?')
     if not self.size:
       return flat[self.offset:self.offset + 1].reshape(()).copy()
-    # Safe now: check() kept every addressed element inside `flat`.
+    # Safe now: check() kept every addressed element inside `flat`. A dimension of
+    # size 1 may carry any stride in torch; it addresses nothing, so it becomes 0.
     view = np.lib.stride_tricks.as_strided(
         flat[self.offset:], shape=tuple(self.size),
-        strides=tuple(s * flat.itemsize for s in self.stride), writeable=False)
+        strides=tuple(s * flat.itemsize if n > 1 else 0 for n, s in zip(self.size, self.stride)),
+        writeable=False)
     return np.array(view)
 
 
@@ -288,6 +290,8 @@ def _read_torch_zip(path: str) -> Any:
       raise WeightsFileError(f'{path}: zip archive without data.pkl: not a torch.save file')
     prefix = pkl[0][:-len('data.pkl')]
     names = set(zf.namelist())
+    if f'{prefix}byteorder' in names and zf.read(f'{prefix}byteorder')[:16] != b'little':
+      raise WeightsFileError(f'{path}: saved on a big-endian machine; not supported')
     storages: dict[str, _Storage] = {}
 
     def load(pid):

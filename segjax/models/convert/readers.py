@@ -105,7 +105,7 @@ class _Storage(_Sealed):
   def array(self) -> np.ndarray:
     if self._array is None:
       if self._load is None:
-        raise pickle.UnpicklingError(f'storage {self.name} has no data')
+        raise WeightsFileError(f'storage {self.name} has no data')
       self._array = np.frombuffer(self._load(), dtype=self.dtype)
     return self._array
 

@@ -328,6 +328,7 @@ def test_expected_iterator_state_is_grains_own(workers):
   assert pipeline.check_iterator_state(config, 2, it.get_state()) is not None
   fresh = pipeline.train_iterator(config, 0)
   fresh.set_state(it.get_state())
+  assert pipeline.check_iterator_state(config, 3, fresh.get_state()) is None  # As restored.
   direct = pipeline.train_dataset(config)[3]
   batch = next(fresh)
   np.testing.assert_array_equal(batch['image'], direct['image'])

@@ -20,10 +20,26 @@ Restoring checks, in this order:
      CorruptCheckpointError. `restore_latest` then moves that step aside to
      `<directory>.corrupt/` (nothing is deleted), warns naming it, and falls
      back to the next older step.
+
+Evaluations never cost training: at a step that is both evaluated and
+checkpointed the state is saved first (meta 'eval_pending'), the evaluation
+runs after, and its metrics and the training-control state it produced are
+recorded afterwards in `<directory>/evaluations.json` (`record_eval`).
+`read_meta` merges that record into the step's meta, and best-checkpoint
+retention ranks steps by it, so a checkpoint saved before its metrics exist
+still competes for 'best'. A step saved but never recorded (its evaluation
+failed or the run was killed during it) is evaluated again on resume.
+
+A save that fails in the background (disk full) is raised by `check_saved`
+at the next training step as one CheckpointSaveError naming the step, the
+path and the cause; `remove_orphans` deletes the temporary folders such a
+save leaves behind (called at the start of training only).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -51,6 +67,14 @@ class CheckpointMismatchError(ValueError):
 
 class CorruptCheckpointError(RuntimeError):
   """A checkpoint that cannot be read back, or reads back different arrays."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint save that failed (e.g. the disk is full)."""
+
+
+EVAL_RECORDS = 'evaluations.json'
+_TMP_MARK = '.orbax-checkpoint-tmp'
 
 
 def _best_metric(metrics) -> float:
@@ -181,16 +205,40 @@ def describe_mismatch(saved: dict, wanted: dict, saved_config: Optional[dict],
 # --------------------------------------------------------------------------- manager
 
 
+@dataclasses.dataclass
+class _Ranked:
+  step: int
+  metrics: Optional[dict]
+  time: datetime.datetime
+
+
+class _BestRecorded:
+  """orbax's BestN over the metrics recorded after a save (record_eval), falling
+  back to metrics given at save time (checkpoints of earlier segjax versions)."""
+
+  def __init__(self, n: int, lookup):
+    self._best = policies.BestN(get_metric_fn=_best_metric, reverse=False, n=n,
+                                keep_checkpoints_without_metrics=False)
+    self._lookup = lookup
+
+  def should_preserve(self, checkpoints, *, context):
+    ranked = [_Ranked(c.step, self._lookup(c.step) or c.metrics, c.time) for c in checkpoints]
+    return self._best.should_preserve(ranked, context=context)
+
+
+
 class Checkpointer:
   """Save/restore train states in `directory`; keeps the latest and the best."""
 
   def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 1,
                async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    self._records = self._read_records()
+    self._pending_save: Optional[int] = None
     preserve = [policies.LatestN(n=keep)]
     if keep_best:
-      preserve.append(policies.BestN(get_metric_fn=_best_metric, reverse=False, n=keep_best,
-                                     keep_checkpoints_without_metrics=False))
+      preserve.append(_BestRecorded(
+          keep_best, lambda step: self._records.get(str(int(step)), {}).get('metrics')))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(preserve),
         enable_async_checkpointing=async_save,
@@ -213,11 +261,109 @@ class Checkpointer:
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(int(step)))
 
+  # ------------------------------------------------------------ evaluation records
+
+  def _records_path(self) -> str:
+    return os.path.join(self.directory, EVAL_RECORDS)
+
+  def _read_records(self) -> dict:
+    path = self._records_path()
+    if not os.path.isfile(path):
+      return {}
+    try:
+      with open(path) as f:
+        records = json.load(f)
+      if not isinstance(records, dict):
+        raise ValueError('not a JSON object')
+      return records
+    except (OSError, ValueError) as e:
+      # Only rankings are lost: steps without a record are evaluated again on resume.
+      msg = (f'WARNING: {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); '
+             'evaluation records of earlier steps are ignored')
+      logging.warning(msg)
+      if jax.process_index() == 0:
+        print(msg, flush=True)
+      return {}
+
+  def _write_records(self) -> None:
+    if jax.process_index() != 0:
+      return
+    kept = {str(s) for s in self.manager.all_steps()} | {str(self._pending_save)}
+    self._records = {k: v for k, v in self._records.items() if k in kept}
+    path = self._records_path()
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(self._records, f, indent=1)
+    os.replace(tmp, path)  # Atomic: a kill leaves the old or the new file.
+
+  def record_eval(self, step: int, metrics: dict, control: Optional[dict] = None) -> None:
+    """Records the evaluation of a step saved with meta 'eval_pending': its
+    scalar metrics (which rank best checkpoints) and the training-control state
+    after it. read_meta(step) returns them as meta['metrics'] / meta['control']."""
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    self._records[str(int(step))] = {'metrics': scalars, 'control': control}
+    self._write_records()
+
+  # ------------------------------------------------------------ failed saves, orphans
+
+  def check_saved(self, *, block: bool = False) -> None:
+    """Raises CheckpointSaveError if the last (background) save failed. Without
+    `block`, cheap and silent while that save is still running."""
+    step = self._pending_save
+    if step is None or (not block and self.manager.is_saving_in_progress()):
+      return
+    self._pending_save = None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from None
+    if not os.path.isdir(self.step_dir(step)):
+      raise self._save_error(step, None)
+
+  def _save_error(self, step: int, cause: Optional[BaseException]) -> CheckpointSaveError:
+    why = (f'{type(cause).__name__}: {str(cause)[:300]}' if cause is not None
+           else 'its folder was not published')
+    last = [s for s in self.all_steps() if s != step]
+    kept = (f'the last good checkpoint is step {last[-1]}' if last
+            else 'no earlier checkpoint exists')
+    return CheckpointSaveError(
+        f'saving checkpoint step {step} to {self.step_dir(step)} failed ({why}); training '
+        f'stopped; {kept}. Free space (or fix the cause) and run the same command again to '
+        'resume.')
+
+  def remove_orphans(self) -> list[str]:
+    """Deletes temporary checkpoint folders that no save is writing (left by a
+    failed save or a kill mid-save) in this directory only; returns them.
+    Call before this run saves anything."""
+    removed = []
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in sorted(os.listdir(self.directory)):
+        path = os.path.join(self.directory, name)
+        if _TMP_MARK in name and os.path.isdir(path) and not os.path.islink(path):
+          size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path)
+                     for f in fs)
+          shutil.rmtree(path)
+          removed.append(path)
+          msg = f'Removed an unfinished checkpoint save: {path} ({size:,} bytes)'
+          logging.warning(msg)
+          print(msg, flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('segjax_remove_orphans')
+    self.manager.reload()
+    return removed
+
+  # ------------------------------------------------------------ save / restore
+
   def save(self, step: int, state: Any, *, metrics: Optional[dict] = None,
            meta: Optional[dict] = None, data_iterator: Any = None) -> None:
     """Saves (asynchronously if enabled). `metrics` (scalars) rank best
-    checkpoints; `data_iterator` (a grain DatasetIterator) has its position
-    saved, as of now, in the 'data' item."""
+    checkpoints (or record_eval them later); `data_iterator` (a grain
+    DatasetIterator) has its position saved, as of now, in the 'data' item."""
+    self.check_saved(block=True)  # orbax waits for the previous save anyway.
+    if str(int(step)) in self._records:  # A new save of this step: an old record is stale.
+      del self._records[str(int(step))]
+      self._write_records()
     meta = dict(meta or {})
     meta['step'] = int(step)
     meta['fingerprint'] = fingerprint(state)
@@ -232,7 +378,15 @@ class Checkpointer:
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=scalars, force=True)
+    if scalars is not None:
+      self._records[str(int(step))] = {'metrics': scalars, 'control': meta.get('control')}
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=scalars, force=True)
+    except Exception as e:  # A synchronous save, or orbax's own check of the previous one.
+      raise self._save_error(step, e) from None
+    self._pending_save = int(step)
+    if scalars is not None:
+      self._write_records()
 
   def saved_shapes(self, step: int) -> dict:
     """leaf_shapes of the 'state' item as saved (CorruptCheckpointError if unreadable)."""
@@ -315,7 +469,14 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f'checkpoint step {step} in {self.directory}: cannot read its meta item '
           f'({type(e).__name__}: {str(e)[:300]})') from e
-    return dict(restored['meta'] or {})
+    meta = dict(restored['meta'] or {})
+    record = self._records.get(str(int(step)))
+    if record is not None:  # Evaluated after the save (record_eval).
+      meta['metrics'] = record['metrics']
+      if record.get('control') is not None:
+        meta['control'] = record['control']
+      meta['eval_pending'] = False
+    return meta
 
   def quarantine(self, step: int) -> str:
     """Moves a damaged step to `<directory>.corrupt/<step>-<time>`; returns the path."""
@@ -328,6 +489,8 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(dest_root, exist_ok=True)
       shutil.move(self.step_dir(step), dest)
+    if self._records.pop(str(int(step)), None) is not None:
+      self._write_records()
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f'segjax_quarantine_{step}')
@@ -386,11 +549,15 @@ class Checkpointer:
     raise FileNotFoundError(f'checkpoint {which!r} not in {self.directory}; kept steps: {steps}')
 
   def wait(self) -> None:
+    """Waits for a background save; CheckpointSaveError if it failed."""
+    self.check_saved(block=True)
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def checkpoint_dir(workdir: str) -> str:

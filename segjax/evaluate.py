@@ -208,9 +208,14 @@ def evaluate_split(eval_step: Callable, variables: Any, config, split: str, mesh
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 2)
   for index, batch in enumerate(batches):
     global_batch = sharding_lib.to_global(batch, mesh)
-    cm, nll, nvalid, preds, entropy = eval_step(variables, global_batch,
-                                                jax.random.fold_in(rng, index))
-    acc.add(cm, int(np.prod(batch['label'].shape)) * jax.process_count())
+    try:
+      cm, nll, nvalid, preds, entropy = eval_step(variables, global_batch,
+                                                  jax.random.fold_in(rng, index))
+      acc.add(cm, int(np.prod(batch['label'].shape)) * jax.process_count())  # May sync.
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      raise EvalOutOfMemoryError(_oom_message(config, split, batch, e)) from None
     loss_sum += nll  # Stays on device: no per-batch sync.
     pixels += nvalid
     if seen < num_panel_images and jax.process_index() == 0:
@@ -227,6 +232,19 @@ def evaluate_split(eval_step: Callable, variables: Any, config, split: str, mesh
   result['num_examples'] = int(num_examples)
   result['confusion_matrix'] = cm.tolist()
   return result, panel
+
+
+class EvalOutOfMemoryError(MemoryError):
+  """Evaluation ran out of device memory; the message names the size and remedies."""
+
+
+def _oom_message(config, split: str, batch: dict, error: Exception) -> str:
+  n, h, w = batch['image'].shape[:3]
+  first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+  return (f'out of memory evaluating {split!r}: a batch of {n} image(s) of {h}x{w} with '
+          f'eval.mode={config.eval.mode} ({first}). Remedies: --config.data.resize=H,W '
+          '(evaluate at a lower resolution), --config.eval.mode=slide (windows of '
+          'eval.crop_size), or a smaller --config.eval.batch_size.')
 
 
 def scalar_metrics(result: dict) -> dict:

@@ -41,6 +41,7 @@ from segjax import losses
 from segjax import metrics as metrics_lib
 from segjax import models
 from segjax import optim
+from segjax import preflight
 from segjax import sharding as sharding_lib
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
@@ -334,6 +335,15 @@ def _restore(config, model, tx, mesh, ckpt, directory):
     return None, {}, None
   step, state, meta, iterator = found
   ckpt_lib.log_restore(step, directory)
+  if meta.get('data_restored'):
+    problem = pipeline.check_iterator_state(
+        config, step, iterator.get_state(), process_index=jax.process_index(),
+        process_count=jax.process_count())
+    if problem is not None:
+      if jax.process_index() == 0:
+        print(f'WARNING: the data iterator state of checkpoint {step} is damaged ({problem}); '
+              f'rebuilding the iterator from the position of step {step}', flush=True)
+      meta['data_restored'] = False
   if not meta.get('data_restored'):
     if meta.get('data_error') and jax.process_index() == 0:
       print(f'WARNING: the data iterator state of checkpoint {step} does not fit this input '
@@ -358,6 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding_lib.check_batch_size(int(config.batch_size), mesh)
   spec = labels_lib.spec_from_config(config.data)
   model = build_model(config)
+  # The val split is opened and checked now, so that no evaluation fails on it later.
+  preflight.check_eval_data(config, mesh, model)
   tx, schedule = optim.make_optimizer(config)
   controller = control_lib.Controller(config)
 
@@ -367,11 +379,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                async_save=bool(config.checkpoint.async_save))
   writer = None
   try:
+    ckpt.remove_orphans()
     state, meta, batches = _restore(config, model, tx, mesh, ckpt, ckpt_directory)
     latest = None if state is None else int(meta['step'])
     if state is None:
       state = init_state(config, model, tx, mesh)
     controller.load_state_dict(meta.get('control'))
+    # Saved before its evaluation, which then did not finish: evaluate it first.
+    eval_first = bool(meta.get('eval_pending')) and latest is not None
     if float(jax.device_get(state.lr_scale)) != controller.lr_scale:
       # reduce_on_plateau turned on or off since the checkpoint: the controller decides.
       state = _set_lr_scale(state, controller.lr_scale, mesh)
@@ -415,12 +430,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       eval_lib.write_result(workdir, val_split, step, res)
       return res
 
-    def save(step: int, metrics=None):
+    def save(step: int, metrics=None, eval_pending=False):
       nonlocal last_saved
       ckpt.save(step, state, metrics=metrics, data_iterator=batches, meta={
           'config': json.loads(config.to_json_best_effort()),
-          'control': controller.state_dict()})
+          'control': controller.state_dict(), 'eval_pending': eval_pending})
       last_saved = step
+
+    def evaluate_saved(step: int):
+      """Evaluates the state saved at `step` and records the outcome with that
+      checkpoint; (result, stop). An evaluation error keeps the checkpoint."""
+      nonlocal state
+      try:
+        res = run_eval(step)
+      except BaseException as e:
+        e.add_note(f'The train state of step {step} was saved before this evaluation, in '
+                   f'{ckpt_directory}: nothing trained is lost. Fix the cause and run the same '
+                   f'command again; it resumes from step {step} and evaluates it first.')
+        raise
+      if jax.process_index() == 0:
+        print(f"step {step}: val mIoU {res['mIoU']:.4f} aAcc {res['aAcc']:.4f} "
+              f"loss {res['loss']:.4f}", flush=True)
+      before = controller.lr_scale
+      for message in controller.update(step, eval_lib.scalar_metrics(res)):
+        if jax.process_index() == 0:
+          print(message, flush=True)
+      if controller.lr_scale != before:
+        state = _set_lr_scale(state, controller.lr_scale, mesh)
+      ckpt.record_eval(step, eval_lib.scalar_metrics(res), controller.state_dict())
+      return res, controller.stopped
+
+    if eval_first:
+      result, _ = evaluate_saved(start_step)
 
     if controller.stopped and jax.process_index() == 0:
       print(f'Early stopping ended this run at step {controller.early_stopping.stopped_step}; '
@@ -436,6 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with _SigtermFlag() as sigterm:
         for step in range(start_step, total):
           batch = sharding_lib.to_global(next(batches), mesh)
+          ckpt.check_saved()  # A failed background save stops training here.
           state, metrics = train_step(state, batch, rng)
           pending.append(metrics)
           # Check the previous step's flag while this one runs: stops within one
@@ -465,22 +507,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           evaluated = done % int(config.eval_every) == 0 or is_last
           stop = False
           if evaluated:
-            progress.newline()
-            result = run_eval(done)
-            if jax.process_index() == 0:
-              print(f"step {done}: val mIoU {result['mIoU']:.4f} aAcc {result['aAcc']:.4f} "
-                    f"loss {result['loss']:.4f}", flush=True)
-            before = controller.lr_scale
-            for message in controller.update(done, eval_lib.scalar_metrics(result)):
-              if jax.process_index() == 0:
-                print(message, flush=True)
-            if controller.lr_scale != before:
-              state = _set_lr_scale(state, controller.lr_scale, mesh)
-            stop = controller.stopped
-          preempted = sigterm.reached(ckpt, done)
-          if evaluated or stop or preempted or done % int(config.checkpoint_every) == 0:
+            # Saved before the evaluation, so that no evaluation error costs training.
             _check_finite(state, config, last_saved, ckpt_directory)
-            save(done, eval_lib.scalar_metrics(result) if evaluated else None)
+            save(done, eval_pending=True)
+            progress.newline()
+            result, stop = evaluate_saved(done)
+          preempted = sigterm.reached(ckpt, done)
+          if not evaluated and (preempted or done % int(config.checkpoint_every) == 0):
+            _check_finite(state, config, last_saved, ckpt_directory)
+            save(done)
           if preempted:
             ckpt.wait()
             progress.newline()
@@ -489,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             break
       writer.write_scalars(final_step, {'train_seconds': time.perf_counter() - t_start},
                            prefix='time/')
-    else:
+    elif result is None:
       result = run_eval(start_step)
     ckpt.wait()
   finally:

@@ -40,6 +40,9 @@ def test_sigkill_and_sigterm_at_random_points_then_resume_is_bit_identical(tmp_p
   assert json.loads(open(state_file).read()) == {'next_index': total * 8}
   # reduce-on-plateau halved the learning rate at evaluations 2, 3, 4 (steps 16, 24,
   # 32): the scale went through the restarts with the controller's state.
-  meta_dir = os.path.join(workdir, 'checkpoints', str(total), 'meta')
-  meta = json.loads(open(glob.glob(os.path.join(meta_dir, '*'))[0]).read())
+  # (The last step was saved before its evaluation; read_meta adds what that recorded.)
+  from segjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  meta = ckpt.read_meta(total)
+  ckpt.close()
   assert [r[0] for r in meta['control']['reduce_on_plateau']['reductions']] == [16, 24, 32]

@@ -143,12 +143,17 @@ def test_reduce_on_plateau_scales_the_lr(tmp_path):
   state = _final_state(full, str(tmp_path / 'full'))
   # Evaluations at steps 1..4 (Keras' rules): 1 improves on +inf; 2 is a miss
   # -> 0.5, cooldown 2; 3 in cooldown (-> 1); 4 ends the cooldown (-> 0) and, out
-  # of it, is a miss -> 0.25.
-  assert float(state.lr_scale) == 0.25
+  # of it, is a miss -> 0.25. Step 4 was saved before its evaluation (0.5); the
+  # controller state recorded after it gives a resumed run 0.25.
+  assert float(state.lr_scale) == 0.5
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(tmp_path / 'full')), async_save=False)
-  plateau = ckpt.read_meta(4)['control']['reduce_on_plateau']
+  control = ckpt.read_meta(4)['control']
   ckpt.close()
+  plateau = control['reduce_on_plateau']
   assert plateau['reductions'] == [[2, 0.5], [4, 0.25]] and plateau['cooldown_counter'] == 2
+  resumed = train.control_lib.Controller(full)
+  resumed.load_state_dict(control)
+  assert resumed.lr_scale == 0.25
   # Logged learning rate = constant schedule x scale.
   lines = [json.loads(line) for line in open(tmp_path / 'full' / 'metrics.jsonl')
            if '"train/lr"' in line]

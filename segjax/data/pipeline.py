@@ -147,6 +147,38 @@ def train_iterator(config, start_step: int = 0, *, process_index: int = 0,
   return iter(ds)
 
 
+def expected_iterator_state(config, step: int, *, process_index: int = 0,
+                            process_count: int = 1) -> dict:
+  """The state train_iterator(config, 0) reports after `step` batches.
+
+  Threads (data.num_workers == 0): it has read step * B elements of this
+  process's stream. Worker processes: batches go round-robin to W workers,
+  so worker i has built len(range(i, step, W)) of them and batch `step` is
+  next asked of worker step % W.
+  """
+  local = _check_processes(config.batch_size, process_index, process_count, 'batch_size')
+  workers = int(config.data.num_workers)
+  if workers <= 0:
+    return {'next_index': int(step) * local}
+  return {'next_index_in_cycle': int(step) % workers,
+          'iterators_in_use_states': [{'next_index': len(range(i, int(step), workers))}
+                                      for i in range(workers)]}
+
+
+def check_iterator_state(config, step: int, state, *, process_index: int = 0,
+                         process_count: int = 1) -> str | None:
+  """None if a restored iterator state is at the position of `step` (the data
+  stream is a function of the step alone), else what disagrees."""
+  expected = expected_iterator_state(config, step, process_index=process_index,
+                                     process_count=process_count)
+  if not isinstance(state, dict):
+    return f'expected a dict, got {type(state).__name__}'
+  for key, want in expected.items():
+    if state.get(key) != want:
+      return f'{key} is {state.get(key)!r}, step {step} needs {want!r}'
+  return None
+
+
 # --------------------------------------------------------------------------- eval
 
 _PAD = {'pad': True}  # Stands in for rows past the end of the eval set.

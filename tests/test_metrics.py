@@ -110,3 +110,31 @@ def test_class_missing_from_truth_but_predicted():
   assert md.startswith('## val @ step 7')
   assert '| c | 0.00 | n/a | 0.00 |' in md
   assert '| 50.00 | 50.00 | 33.33 |' in md  # aAcc, mAcc, mIoU.
+
+
+def test_padding_rows_with_label_minus_one_are_not_counted():
+  """Evaluation pads the last batch of a split with rows of label -1 (a split of
+  10 examples in batches of 4 has 2 padded rows): the confusion matrix of the
+  padded batches equals the NumPy reference over the 10 real examples."""
+  rng = np.random.default_rng(7)
+  c, n, bs = 4, 10, 4
+  labels = rng.integers(0, c, size=(n, 5, 6))
+  labels[rng.random(labels.shape) < 0.1] = 255
+  preds = rng.integers(0, c, size=labels.shape)
+  pad = -n % bs
+  padded_labels = np.concatenate([labels, np.full((pad, 5, 6), -1)])
+  padded_preds = np.concatenate([preds, rng.integers(0, c, size=(pad, 5, 6))])
+  acc = metrics.ConfusionAccumulator(c)
+  cm_fn = jax.jit(metrics.confusion_matrix, static_argnums=2)
+  for i in range(0, n + pad, bs):
+    acc.add(cm_fn(jnp.asarray(padded_labels[i:i + bs]), jnp.asarray(padded_preds[i:i + bs]), c),
+            bs * 30)
+  cm = acc.result()
+  valid = labels != 255
+  want = np.zeros((c, c), np.int64)
+  np.add.at(want, (labels[valid], preds[valid]), 1)
+  np.testing.assert_array_equal(cm, want)
+  got = metrics.compute_metrics(cm)
+  ref = reference(labels, preds, c)
+  for k in ('aAcc', 'mIoU', 'mAcc', 'mDice', 'fwIoU'):
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=k)

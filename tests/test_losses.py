@@ -85,3 +85,63 @@ def test_make_loss_dice_ce_is_sum():
   np.testing.assert_allclose(combo, want, rtol=1e-6)
   with pytest.raises(ValueError, match='focal'):
     losses.make_loss('focal')
+
+
+def np_dice_loss(logits, labels, weights=None, smooth=1.0):
+  """1 - weighted mean Dice over classes present in the valid ground truth, in float64."""
+  c = logits.shape[-1]
+  valid = (labels >= 0) & (labels < c)
+  p = np.exp(np_log_softmax(logits.astype(np.float64)))[valid]  # (N, C) valid pixels only.
+  g = np.eye(c)[labels[valid]]
+  dice = (2 * (p * g).sum(0) + smooth) / (p.sum(0) + g.sum(0) + smooth)
+  w = (g.sum(0) > 0) * (np.ones(c) if weights is None else np.asarray(weights, np.float64))
+  return float(((1 - dice) * w).sum() / w.sum())
+
+
+def test_dice_with_ignored_pixels_by_hand():
+  """Ignored pixels carry no probability mass: 3 pixels, the middle one ignored."""
+  p = np.array([[0.8, 0.2], [0.1, 0.9], [0.3, 0.7]])
+  logits = jnp.asarray(np.log(p)[None, None], jnp.float32)  # (1, 1, 3, 2)
+  labels = jnp.asarray([[[0, 255, 1]]])
+  d0 = (2 * 0.8 + 1) / (0.8 + 0.3 + 1 + 1)  # The ignored pixel's 0.1 and 0.9 do not count.
+  d1 = (2 * 0.7 + 1) / (0.2 + 0.7 + 1 + 1)
+  np.testing.assert_allclose(losses.dice_loss(logits, labels), ((1 - d0) + (1 - d1)) / 2,
+                             rtol=1e-6)
+  # Class weights (2, 1) weight the per-class terms; -1 (eval padding) is ignored too.
+  np.testing.assert_allclose(
+      losses.dice_loss(logits, jnp.asarray([[[0, -1, 1]]]), class_weights=jnp.asarray([2., 1.])),
+      (2 * (1 - d0) + (1 - d1)) / 3, rtol=1e-6)
+
+
+def test_dice_random_with_ignore_and_weights_matches_numpy():
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, size=(2, 6, 5))
+  labels[rng.random(labels.shape) < 0.3] = 255
+  labels[0, 0, :2] = -1
+  labels[labels == 2] = 255  # Class 2 absent: out of the mean.
+  weights = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
+  np.testing.assert_allclose(losses.dice_loss(jnp.asarray(logits), jnp.asarray(labels)),
+                             np_dice_loss(logits, labels), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.dice_loss(jnp.asarray(logits), jnp.asarray(labels), class_weights=weights),
+      np_dice_loss(logits, labels, weights), rtol=1e-5)
+
+
+def test_make_loss_dice_ce_applies_class_weights_to_both_parts():
+  rng = np.random.default_rng(6)
+  logits = rng.normal(size=(2, 5, 5, 3)).astype(np.float32)
+  labels = rng.integers(0, 3, size=(2, 5, 5))
+  labels[rng.random(labels.shape) < 0.2] = 255
+  weights = (0.2, 1.0, 4.0)
+  valid = labels != 255
+  nll = -np.take_along_axis(np_log_softmax(logits.astype(np.float64)),
+                            np.where(valid, labels, 0)[..., None], -1)[..., 0]
+  w = np.asarray(weights)[np.where(valid, labels, 0)] * valid
+  want = (nll * w).sum() / w.sum() + 0.5 * np_dice_loss(logits, labels, weights)
+  got = losses.make_loss('dice_ce', class_weights=weights, dice_weight=0.5)(
+      jnp.asarray(logits), jnp.asarray(labels))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  got_dice = losses.make_loss('dice', class_weights=weights)(jnp.asarray(logits),
+                                                              jnp.asarray(labels))
+  np.testing.assert_allclose(got_dice, np_dice_loss(logits, labels, weights), rtol=1e-5)

@@ -110,3 +110,68 @@ def test_class_missing_from_truth_but_predicted():
   assert md.startswith('## val @ step 7')
   assert '| c | 0.00 | n/a | 0.00 |' in md
   assert '| 50.00 | 50.00 | 33.33 |' in md  # aAcc, mAcc, mIoU.
+
+
+def test_padding_rows_with_label_minus_one_are_not_counted():
+  """Evaluation pads the last batch of a split with rows of label -1 (a split of
+  10 examples in batches of 4 has 2 padded rows): the confusion matrix of the
+  padded batches equals the NumPy reference over the 10 real examples."""
+  rng = np.random.default_rng(7)
+  c, n, bs = 4, 10, 4
+  labels = rng.integers(0, c, size=(n, 5, 6))
+  labels[rng.random(labels.shape) < 0.1] = 255
+  preds = rng.integers(0, c, size=labels.shape)
+  pad = -n % bs
+  padded_labels = np.concatenate([labels, np.full((pad, 5, 6), -1)])
+  padded_preds = np.concatenate([preds, rng.integers(0, c, size=(pad, 5, 6))])
+  acc = metrics.ConfusionAccumulator(c)
+  cm_fn = jax.jit(metrics.confusion_matrix, static_argnums=2)
+  for i in range(0, n + pad, bs):
+    acc.add(cm_fn(jnp.asarray(padded_labels[i:i + bs]), jnp.asarray(padded_preds[i:i + bs]), c),
+            bs * 30)
+  cm = acc.result()
+  valid = labels != 255
+  want = np.zeros((c, c), np.int64)
+  np.add.at(want, (labels[valid], preds[valid]), 1)
+  np.testing.assert_array_equal(cm, want)
+  got = metrics.compute_metrics(cm)
+  ref = reference(labels, preds, c)
+  for k in ('aAcc', 'mIoU', 'mAcc', 'mDice', 'fwIoU'):
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=k)
+
+
+def test_eval_split_not_divisible_by_the_batch_size():
+  """evaluate_split over 10 examples in batches of 4 (the last one padded with
+  2 rows of label -1) gives the confusion matrix of the 10 examples, each
+  predicted on its own and counted in NumPy."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from segjax import evaluate, sharding  # pylint: disable=g-import-not-at-top
+  from segjax.data import sources  # pylint: disable=g-import-not-at-top
+  from tests.test_train import tiny_config  # pylint: disable=g-import-not-at-top
+
+  class Pointwise(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, *, train):
+      del train
+      return nn.Conv(self.num_classes, (1, 1))(x)
+
+  c = tiny_config(**{'data.synthetic_val_examples': 10, 'eval.batch_size': 4})
+  k = int(c.data.num_classes)
+  model = Pointwise(k)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  res, _ = evaluate.evaluate_split(evaluate.make_eval_step(model, c, mesh), variables, c,
+                                   'val', mesh)
+  assert res['num_examples'] == 10
+  src = sources.make_source(c.data, 'val')
+  want = np.zeros((k, k), np.int64)
+  for i in range(10):
+    x = (src[i]['image'].astype(np.float32) - np.asarray(c.data.mean, np.float32)) / (
+        np.asarray(c.data.std, np.float32))
+    pred = np.argmax(np.asarray(model.apply(variables, x[None], train=False))[0], -1)
+    label = np.asarray(src[i]['label']).astype(np.int64)
+    valid = (label >= 0) & (label < k)
+    np.add.at(want, (label[valid], pred[valid]), 1)
+  np.testing.assert_array_equal(res['confusion_matrix'], want)

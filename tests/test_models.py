@@ -519,3 +519,33 @@ def test_unet_forward_freeze_and_bf16():
   logits = apply_eval(model.clone(dtype=jnp.bfloat16), variables, x[:1])
   assert logits.shape == (1, 33, 47, 3) and logits.dtype == jnp.float32
   assert np.isfinite(logits).all()
+
+
+# MobileNetV2's 3x3 convs in execution order: Conv1, then the depthwise conv of
+# blocks 0..16 (strides 2 at Conv1 and blocks 1, 3, 6, 13). Below output
+# stride 32 a stride-2 block runs at stride 1 and the blocks after it dilate
+# by 2 per removed stride (the first block of a dilated stage keeps the old rate).
+_MNV2_STRIDES = [2, 1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+DEEPLABV3PLUS_TRACE = {
+    32: (_MNV2_STRIDES, [1] * 18, (3, 6, 9)),
+    16: (_MNV2_STRIDES[:14] + [1] * 4, [1] * 15 + [2] * 3, (6, 12, 18)),
+    8: (_MNV2_STRIDES[:7] + [1] * 11, [1] * 8 + [2] * 7 + [4] * 3, (12, 24, 36)),
+}
+
+
+@pytest.mark.parametrize('output_stride', [8, 16, 32])
+def test_deeplabv3plus_dilations(output_stride):
+  """(stride, dilation) of every 3x3 conv from the traced apply: backbone,
+  the three separable ASPP branches at the paper's rates for this output
+  stride, then the two decoder convs at rate 1 (as DeepLabV3's trace test)."""
+  from tests.test_models_resnet import conv_eqns  # pylint: disable=g-import-not-at-top
+  model = models.get_model('deeplabv3plus', num_classes=3, output_stride=output_stride,
+                           width_multiplier=0.35, aspp_channels=8, decoder_channels=8,
+                           low_level_channels=8, depthwise_impl='xla')
+  convs = [(s[0], d[0]) for k, s, d, _ in conv_eqns(model, (1, 33, 33, 3)) if k == (3, 3)]
+  strides, dilations, rates = DEEPLABV3PLUS_TRACE[output_stride]
+  want = list(zip(strides, dilations)) + [(1, r) for r in rates] + [(1, 1), (1, 1)]
+  assert convs == want
+  custom = model.clone(aspp_rates=(2, 3, 5))
+  convs = [d[0] for k, _, d, _ in conv_eqns(custom, (1, 33, 33, 3)) if k == (3, 3)]
+  assert convs[18:] == [2, 3, 5, 1, 1]

@@ -87,3 +87,42 @@ def test_grad_clipping():
   params = {'w': jnp.zeros((2, 1))}
   u, _ = tx.update({'w': jnp.array([[3.0], [4.0]])}, tx.init(params), params)
   np.testing.assert_allclose(u['w'], [[-0.6], [-0.8]], rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'adam', 'adamw', 'rmsprop'])
+def test_first_step_by_hand_decays_kernels_only(name):
+  """One step of each optimizer from hand formulas (torch semantics): weight
+  decay reaches the kernel (ndim 2) but not the bias nor the BatchNorm scale."""
+  c = _config(name='constant')
+  lr, wd, b1, b2, eps, mom = 0.1, 0.05, 0.9, 0.99, 1e-8, 0.9
+  c.optimizer.update(name=name, lr=lr, weight_decay=wd, b1=b1, b2=b2, eps=eps, momentum=mom)
+  tx, _ = optim.make_optimizer(c)
+  p = {'conv': {'kernel': np.array([[1.0, -2.0], [0.5, 3.0]], np.float32),
+                'bias': np.array([0.5, -1.5], np.float32)},
+       'bn': {'scale': np.array([2.0, 4.0], np.float32)}}
+  g = {'conv': {'kernel': np.array([[0.1, 0.2], [-0.3, 0.0]], np.float32),
+                'bias': np.array([1.0, -0.5], np.float32)},
+       'bn': {'scale': np.array([0.25, 0.0], np.float32)}}
+  params, grads = jax.tree.map(jnp.asarray, p), jax.tree.map(jnp.asarray, g)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  p64 = jax.tree.map(lambda x: x.astype(np.float64), p)
+  g64 = jax.tree.map(lambda x: x.astype(np.float64), g)
+  decayed = {'conv': {'kernel': True, 'bias': False}, 'bn': {'scale': False}}
+
+  def want(path):
+    pp, gg, d = p64, g64, decayed
+    for k in path:
+      pp, gg, d = pp[k], gg[k], d[k]
+    l2 = gg + wd * pp if d else gg  # torch: weight_decay adds wd * p to the gradient.
+    if name == 'sgd':  # First momentum step: the (decayed) gradient itself.
+      return -lr * l2
+    if name == 'adam':  # Bias-corrected first step: m_hat = g, v_hat = g^2.
+      return -lr * l2 / (np.abs(l2) + eps)
+    if name == 'adamw':  # Decoupled: lr * wd * p on top of the Adam step.
+      return -lr * (gg / (np.abs(gg) + eps) + (wd * pp if d else 0.0))
+    # rmsprop (optax: nu = (1 - decay) g^2 from 0, g / sqrt(nu + eps)).
+    return -lr * l2 / np.sqrt((1 - b2) * l2 ** 2 + eps)
+
+  for path in (('conv', 'kernel'), ('conv', 'bias'), ('bn', 'scale')):
+    got = updates[path[0]][path[1]]
+    np.testing.assert_allclose(got, want(path), rtol=2e-6, atol=1e-7, err_msg=str(path))

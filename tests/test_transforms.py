@@ -220,3 +220,72 @@ def test_eval_transform_resizes_deterministically():
   tr = T.TrainTransform(c).random_map(el, np.random.default_rng(0))
   np.testing.assert_array_equal(tr['image'], out['image'])
   np.testing.assert_array_equal(tr['label'], out['label'])
+
+
+# ----------------------------------------------------------------------------- label resampling
+
+IDS = np.array([0, 5, 9, 255], np.uint8)  # Non-adjacent: bilinear mixing invents 2, 3, 7, ...
+
+
+def _blocky_label(seed=0):
+  """A 40x52 label of 4x4 blocks with ids drawn from IDS, and a matching image."""
+  rng = np.random.default_rng(seed)
+  label = np.kron(IDS[rng.integers(0, 4, size=(10, 13))], np.ones((4, 4), np.uint8))
+  image = rng.integers(0, 256, size=label.shape + (3,), dtype=np.uint8)
+  return image, label
+
+
+def _pil_nearest_resize(label, h, w):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(label, mode='L').resize((w, h), Image.NEAREST))
+
+
+def _pil_nearest_rotate(label, degrees, fill):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(label, mode='L').rotate(
+      degrees, resample=Image.NEAREST, fillcolor=fill))
+
+
+@pytest.mark.parametrize('size', [(61, 77), (17, 23), (40, 80)])
+def test_resize_label_is_pil_nearest(size):
+  image, label = _blocky_label()
+  _, out = T.resize(image, label, size)
+  np.testing.assert_array_equal(out, _pil_nearest_resize(label, *size))
+  assert set(np.unique(out)) <= set(IDS.tolist())
+
+
+def test_random_scale_and_rotate_labels_are_pil_nearest():
+  image, label = _blocky_label(1)
+  for seed in range(3):
+    _, out = T.random_scale(image, label, np.random.default_rng(seed), (0.6, 1.7))
+    s = np.random.default_rng(seed).uniform(0.6, 1.7)
+    want = _pil_nearest_resize(label, round(40 * s), round(52 * s))
+    np.testing.assert_array_equal(out, want)
+  for degrees in (13.0, -31.0, 90.0):
+    _, out = T.rotate(image, label, degrees, IGNORE)
+    np.testing.assert_array_equal(out, _pil_nearest_rotate(label, degrees, IGNORE))
+    assert set(np.unique(out)) <= set(IDS.tolist())
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_train_transform_label_is_pil_nearest_replay(seed):
+  """The full train transform's label equals a replay of its random draws
+  (scale, crop offsets, flips, angle, in that order) with PIL NEAREST ops."""
+  t = T.TrainTransform(_config(**GEOMETRIC, **PHOTOMETRIC))
+  image, label = _blocky_label(seed)
+  out = t.random_map({'image': image, 'label': label}, np.random.default_rng(seed))['label']
+  rng = np.random.default_rng(seed)
+  s = rng.uniform(0.75, 1.5)
+  want = _pil_nearest_resize(label, round(40 * s), round(52 * s))
+  want = np.pad(want, ((0, max(0, 48 - want.shape[0])), (0, max(0, 64 - want.shape[1]))),
+                constant_values=IGNORE)
+  y = int(rng.integers(0, want.shape[0] - 48 + 1))
+  x = int(rng.integers(0, want.shape[1] - 64 + 1))
+  want = want[y:y + 48, x:x + 64]
+  if rng.uniform() < 0.5:
+    want = want[:, ::-1]
+  if rng.uniform() < 0.5:
+    want = want[::-1]
+  want = _pil_nearest_rotate(np.ascontiguousarray(want), rng.uniform(-20.0, 20.0), IGNORE)
+  np.testing.assert_array_equal(out, want)
+  assert set(np.unique(out)) <= set(IDS.tolist())

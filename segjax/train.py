@@ -185,9 +185,16 @@ def make_train_step(config, model, tx, schedule) -> Callable:
   ema_decay = float(config.ema.decay)
   scaled = bool(config.reduce_on_plateau.metric)
   accum = int(config.get('grad_accum_steps', 1))
+  on_device = config.data.get('augment_on', 'host') == 'device'
+  if on_device:
+    from segjax.data import device_augment  # pylint: disable=g-import-not-at-top
+    aug = device_augment.params_from_config(config)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if on_device:  # The joint augmentation, keyed by (seed, step, row).
+      batch = device_augment.augment_batch(batch, device_augment.example_keys(
+          int(config.seed), state.step, batch['image'].shape[0]), aug)
     images = transforms.normalize(batch['image'], mean, std)
     labels = batch['label']
 

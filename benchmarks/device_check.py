@@ -98,7 +98,7 @@ def part_a(opts, budget: Budget, log) -> dict:
   m['autotune_level'] = opts.autotune_level
   res['runs'].append(m)
   log(f"segjax (autotune {opts.autotune_level}): {m.get('step_s', m.get('error', ''))!s:.300}")
-  for kind in (['torch'] if dry else ['torch']):
+  for kind in ['torch']:  # torch.compile comes last (part_a_late): it may be slow.
     m = _spawn(kind, row, _throughput_args(dry, budget.timeout(opts.torch_timeout)))
     res['runs'].append(m)
     log(f"{kind}: {m.get('step_s', m.get('error', ''))!s:.300}")

@@ -17,7 +17,8 @@ Nothing happens on import. Config keys (segjax/config.py, block `compile`):
                       version and XLA flags loads the executable instead of
                       compiling it again.
   compile.cache_min_compile_seconds  programs that compiled faster are not
-                      written (jax's own default, 1.0; 0 caches everything).
+                      written; -1 (default) keeps jax's setting (1 s, or
+                      $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS); 0 caches all.
   compile.gpu_autotune_level  XLA's --xla_gpu_autotune_level (0 = no autotuning:
                       cuDNN/cuBLAS heuristics pick the kernels, fastest
                       compile; 1 = autotune; 2-4 add buffer initialisation,
@@ -83,7 +84,7 @@ def cache_counts() -> dict[str, int]:
     return dict(_counts)
 
 
-def set_cache_dir(directory: str, min_compile_seconds: float = 1.0) -> str:
+def set_cache_dir(directory: str, min_compile_seconds: float = -1.0) -> str:
   """Points jax's persistent compilation cache at `directory` ('' disables it)."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
@@ -91,7 +92,8 @@ def set_cache_dir(directory: str, min_compile_seconds: float = 1.0) -> str:
   current = jax.config.jax_compilation_cache_dir
   if directory:
     os.makedirs(directory, exist_ok=True)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_seconds))
+    if min_compile_seconds >= 0:
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_seconds))
   if (current or '') != directory:
     jax.config.update('jax_compilation_cache_dir', directory or None)
     # jax decides once per process whether the cache is on; start over.

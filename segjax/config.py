@@ -191,7 +191,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (-1 = XLA's default).
   c.compile = ml_collections.ConfigDict()
   c.compile.cache_dir = 'auto'
-  c.compile.cache_min_compile_seconds = 1.0
+  c.compile.cache_min_compile_seconds = -1.0  # -1: jax's (1 s); 0 caches every program.
   c.compile.gpu_autotune_level = -1
   return c
 

@@ -160,3 +160,23 @@ def test_reader_threads_follow_the_core_count(monkeypatch):
   monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda pid: set(range(48)),
                       raising=False)
   assert pipeline._num_threads() == 48  # pylint: disable=protected-access
+
+
+def test_train_step_augments_on_the_device():
+  """The train step takes canvases (with 'size') and trains on crops; the
+  augmentation is keyed by (seed, step, row), so a rerun of a step repeats it."""
+  from segjax import optim, sharding, train  # pylint: disable=g-import-not-at-top
+  from tests.test_accel import TinyNet  # pylint: disable=g-import-not-at-top
+  c = _config(brightness=0.2)
+  c.data.num_classes = 3
+  c.batch_size = 2
+  c.data.synthetic_size = (40, 48)
+  batch = pipeline.train_dataset(c)[0]
+  batch['label'] = np.where(batch['label'] < 3, batch['label'], 0).astype(np.int32)
+  model = TinyNet()
+  tx, schedule = optim.make_optimizer(c)
+  state = train.init_state(c, model, tx, sharding.make_mesh())
+  step = jax.jit(train.make_train_step(c, model, tx, schedule))
+  _, m1 = step(state, batch, jax.random.key(0))
+  _, m2 = step(state, batch, jax.random.key(0))
+  assert np.isfinite(float(m1['loss'])) and float(m1['loss']) == float(m2['loss'])

@@ -18,7 +18,7 @@ def dry_run(tmp_path_factory):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'device_check.py'),
                          '--dry_run', f'--out={out}'], capture_output=True, text=True,
-                        cwd=str(ROOT), env=env, timeout=1800)
+                        cwd=str(ROOT), env=env, timeout=3600)
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
   return out, json.loads((out / 'device_check.json').read_text())
 

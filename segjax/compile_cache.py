@@ -89,7 +89,7 @@ def set_cache_dir(directory: str, min_compile_seconds: float = -1.0) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
   _listen()
-  current = jax.config.jax_compilation_cache_dir
+  current = getattr(jax.config, 'jax_compilation_cache_dir', None)
   if directory:
     os.makedirs(directory, exist_ok=True)
     if min_compile_seconds >= 0:

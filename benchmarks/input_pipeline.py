@@ -6,7 +6,9 @@ r"""Images/s of the grain training pipeline on CamVid-sized images, next to the 
 
 Times `pipeline.train_iterator(config)` (PNG decode + label map + random scale
 + crop with ignore padding + flips + rotation + colour jitter + batching), the
-real training input path, for each data.num_workers value (0 = grain threads
+real training input path, for each data.num_workers value and each
+--augment_on value (host; device: the host decodes + pads, and the jitted
+device augmentation gets its own row, timed on the accelerator) (0 = grain threads
 in-process, else grain worker processes). The config is
 configs/deeplabv3plus.py:dataset=camvid (the full CamVid recipe: scale
 0.5-2.0, brightness/contrast/saturation 0.2, horizontal flips) with
@@ -121,16 +123,48 @@ def time_pipeline(config, workers: int, batches: int, warmup: int, repeats: int)
       rates.append(batches * bs / (time.perf_counter() - t0))
   finally:
     it.close()
-  assert batch['image'].shape == (bs, *config.data.crop_size, 3), batch['image'].shape
+  if config.data.augment_on == 'host':
+    assert batch['image'].shape == (bs, *config.data.crop_size, 3), batch['image'].shape
   if workers:
     name = f'pipeline, {workers} worker process{"es" if workers > 1 else ""}'
   else:
     threads = pipeline._num_threads()  # pylint: disable=protected-access
     name = f'pipeline, in-process ({threads} threads)'
+  if config.data.augment_on == 'device':
+    name += ', decode + pad only (augment_on=device)'
   ips = statistics.median(rates)
   return {'name': name, 'workers': int(workers), 'images_per_s': ips,
           'ms_per_batch': 1e3 * bs / ips, 'all_images_per_s': rates,
           'warmup_s': warm_s}
+
+
+def time_device_augment(config, steps: int) -> dict:
+  """Median images/s of the jitted device augmentation (data.augment_on=
+  'device') on one pipeline batch of canvases already on the device."""
+  from segjax.data import device_augment  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.data.augment_on = 'device'
+  p = device_augment.params_from_config(c)
+  mesh = sharding.make_mesh()
+  host = pipeline.train_dataset(c)[0]
+  batch = sharding.to_global(host, mesh)
+  bs = int(c.batch_size)
+  fn = jax.jit(lambda b, step: device_augment.augment_batch(
+      b, device_augment.example_keys(int(c.seed), step, bs), p))
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(batch, 0))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(batch, i + 1))
+    times.append(time.perf_counter() - t0)
+  t = statistics.median(times)
+  return {'name': f'device augmentation (jitted, canvas {host["image"].shape[1]}x'
+                  f'{host["image"].shape[2]} -> crop {c.data.crop_size[0]}x'
+                  f'{c.data.crop_size[1]}, {jax.devices()[0].platform})',
+          'workers': None, 'images_per_s': bs / t, 'ms_per_batch': 1e3 * t,
+          'compile_s': compile_s, 'all_s_per_step': times}
 
 
 def time_model(config, steps: int) -> dict:
@@ -175,6 +209,7 @@ def run(args) -> dict:
   config.model.dtype = args.dtype
   workers = [int(w) for w in str(args.workers).split(',') if w.strip()]
   tmp = None
+  device_rows = []  # Timed on the accelerator, not in the host pipeline.
   root = Path(args.data_root) if args.data_root else DEFAULT_DATA_ROOT
   synthetic = args.synthetic or not (root / 'train').is_dir()
   if synthetic:
@@ -196,11 +231,20 @@ def run(args) -> dict:
           f'{a.saturation:g}/{a.hue:g}; {os.cpu_count()} CPUs', flush=True)
     rows = [time_decode(config, int(args.batches) * int(args.batch_size), int(args.repeats))]
     print(f'{rows[-1]["name"]}: {rows[-1]["images_per_s"]:.1f} img/s', flush=True)
-    for wk in workers:
-      rows.append(time_pipeline(config, wk, int(args.batches), int(args.warmup),
-                                int(args.repeats)))
-      print(f'{rows[-1]["name"]}: {rows[-1]["images_per_s"]:.1f} img/s '
-            f'({[round(r, 1) for r in rows[-1]["all_images_per_s"]]})', flush=True)
+    for where in [x for x in str(args.augment_on).split(',') if x]:
+      c = config.copy_and_resolve_references()
+      c.data.augment_on = where
+      if where == 'device':
+        c.augment.rotate_degrees = 0.0  # Not done on the device.
+      for wk in workers:
+        rows.append(time_pipeline(c, wk, int(args.batches), int(args.warmup),
+                                  int(args.repeats)))
+        print(f'{rows[-1]["name"]}: {rows[-1]["images_per_s"]:.1f} img/s '
+              f'({[round(r, 1) for r in rows[-1]["all_images_per_s"]]})', flush=True)
+      if where == 'device':
+        device_rows.append(time_device_augment(c, int(args.model_steps)))
+        print(f'{device_rows[-1]["name"]}: {device_rows[-1]["images_per_s"]:.1f} img/s',
+              flush=True)
   finally:
     if tmp is not None:
       tmp.cleanup()
@@ -210,6 +254,7 @@ def run(args) -> dict:
             'warmup': int(args.warmup), 'repeats': int(args.repeats),
             'cpus': os.cpu_count(), 'rows': rows}
   best = max(rows[1:], key=lambda r: r['images_per_s']) if len(rows) > 1 else None
+  rows.extend(device_rows)
   if args.model_row:
     model = time_model(config, int(args.model_steps))
     rows.append(model)
@@ -256,6 +301,10 @@ def main(argv=None) -> int:
                       help='training crop HxW (the CamVid recipe: 352x480)')
   parser.add_argument('--rotate_degrees', type=float, default=10.0,
                       help='augment.rotate_degrees (0 = the CamVid recipe)')
+  parser.add_argument('--augment_on', default='host',
+                      help="comma list of data.augment_on values to time: host, device "
+                           "(device: the host decodes and pads; the augmentation is timed as "
+                           "a jitted op on the accelerator; rotation off)")
   parser.add_argument('--batches', type=int, default=20, help='batches per timed window')
   parser.add_argument('--warmup', type=int, default=3, help='batches discarded first')
   parser.add_argument('--repeats', type=int, default=3)

@@ -33,6 +33,12 @@ def base_config() -> ml_collections.ConfigDict:
   # training then stops with an error naming the step and its examples; with
   # skip_nonfinite=True it goes on, and counts such steps (train/num_nonfinite).
   c.skip_nonfinite = False
+  # Gradient accumulation: each step splits its batch_size examples into this
+  # many equal micro-batches run one after another (lax.scan) and applies one
+  # update with the mean gradient: the memory of batch_size / k examples.
+  # BatchNorm normalises each micro-batch with its own statistics and updates
+  # its running statistics once per micro-batch (k momentum updates per step).
+  c.grad_accum_steps = 1
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'deeplabv3plus'
@@ -49,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
   # their random init (for a different num_classes).
   c.model.pretrained = ''
   c.model.pretrained_exclude = ''
+  # Rematerialisation (jax.checkpoint) of the backbone's blocks: 'none' |
+  # 'blocks' (ResNet bottlenecks); the policy names what a block keeps for the
+  # backward pass (jax.checkpoint_policies: nothing_saveable recomputes all,
+  # dots_saveable keeps conv/matmul outputs, ...). Less memory, more compute.
+  c.model.remat = 'none'
+  c.model.remat_policy = 'nothing_saveable'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'   # synthetic | folder | tfds
@@ -77,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.std = (58.395, 57.12, 57.375)
   c.data.num_workers = 0      # grain worker processes; 0 = threads in-process.
   c.data.prefetch = 2
+  # Where the training augmentation runs: 'host' (grain, NumPy/Pillow per
+  # example) or 'device' (segjax/data/device_augment.py: the host only decodes
+  # and pads to a fixed size; scale, crop, flips and colour jitter run jitted
+  # on the accelerator, per batch).
+  c.data.augment_on = 'host'
   # Synthetic dataset.
   c.data.synthetic_size = (64, 64)
   c.data.synthetic_train_examples = 1000
@@ -167,6 +184,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.keep_best = 1  # Extra checkpoints kept by best val mIoU.
   c.checkpoint.async_save = True
+
+  # Compilation (segjax/compile_cache.py; entry points call its setup()):
+  # persistent compilation cache ('auto' = $JAX_COMPILATION_CACHE_DIR or
+  # ~/.cache/segjax/jax_cache, '' = off) and XLA's GPU autotuning level
+  # (-1 = XLA's default).
+  c.compile = ml_collections.ConfigDict()
+  c.compile.cache_dir = 'auto'
+  c.compile.cache_min_compile_seconds = -1.0  # -1: jax's (1 s); 0 caches every program.
+  c.compile.gpu_autotune_level = -1
   return c
 
 
@@ -180,6 +206,10 @@ _CHOICES = {
     'eval.mode': ('whole', 'slide'),
     'optimizer.name': ('adam', 'adamw', 'sgd', 'rmsprop'),
     'schedule.name': ('constant', 'poly', 'cosine', 'step'),
+    'model.remat': ('none', 'blocks'),
+    'model.remat_policy': ('nothing_saveable', 'everything_saveable', 'dots_saveable',
+                           'dots_with_no_batch_dims_saveable'),
+    'data.augment_on': ('host', 'device'),
 }
 
 
@@ -239,6 +269,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
               'eval.batch_size', 'optimizer.lr', 'checkpoint.keep', 'data.num_classes'):
     positive(key)
+  if given['grad_accum_steps'] < 1 or given['batch_size'] % given['grad_accum_steps']:
+    raise ConfigError(f"config key 'grad_accum_steps' = {given['grad_accum_steps']!r} must be "
+                      f"a positive divisor of batch_size={given['batch_size']!r}")
+  if not -1 <= given['compile.gpu_autotune_level'] <= 4:
+    raise ConfigError("config key 'compile.gpu_autotune_level' must be -1 (XLA's default) or "
+                      f"in [0, 4], got {given['compile.gpu_autotune_level']!r}")
   if given['eval.mc_samples'] < 1:
     raise ConfigError("config key 'eval.mc_samples' must be >= 1, got "
                       f"{given['eval.mc_samples']!r}")

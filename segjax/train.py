@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from segjax import checkpoint as ckpt_lib
+from segjax import compile_cache
 from segjax import config as config_lib
 from segjax import control as control_lib
 from segjax import evaluate as eval_lib
@@ -83,10 +84,14 @@ class Preempted(Exception):
 
 def build_model(config):
   m = config.model
+  kwargs = m.kwargs.to_dict()
+  if m.get('remat', 'none') != 'none':  # Backbone rematerialisation (layers.remat_block).
+    kwargs['backbone_kwargs'] = dict(dict(kwargs.get('backbone_kwargs', ())), remat=m.remat,
+                                     remat_policy=m.remat_policy)
   return models.get_model(
       m.name, num_classes=int(config.data.num_classes), backbone=m.backbone,
       output_stride=int(m.output_stride), width_multiplier=float(m.width_multiplier),
-      freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **m.kwargs.to_dict())
+      freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **kwargs)
 
 
 def split_outputs(outputs) -> tuple[jax.Array, jax.Array | None]:
@@ -180,9 +185,17 @@ def make_train_step(config, model, tx, schedule) -> Callable:
   aux_weight = float(config.loss.aux_weight)
   ema_decay = float(config.ema.decay)
   scaled = bool(config.reduce_on_plateau.metric)
+  accum = int(config.get('grad_accum_steps', 1))
+  on_device = config.data.get('augment_on', 'host') == 'device'
+  if on_device:
+    from segjax.data import device_augment  # pylint: disable=g-import-not-at-top
+    aug = device_augment.params_from_config(config)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if on_device:  # The joint augmentation, keyed by (seed, step, row).
+      batch = device_augment.augment_batch(batch, device_augment.example_keys(
+          int(config.seed), state.step, batch['image'].shape[0]), aug)
     images = transforms.normalize(batch['image'], mean, std)
     labels = batch['label']
 
@@ -196,8 +209,12 @@ def make_train_step(config, model, tx, schedule) -> Callable:
         loss = loss + aux_weight * loss_fn(aux, labels)
       return loss, (logits, new_vars)
 
-    (loss, (logits, new_vars)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-        state.params)
+    if accum == 1:
+      (loss, (logits, new_vars)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+          state.params)
+    else:
+      loss, grads, new_vars, counts = accumulate_gradients(
+          model, state, images, labels, dropout_rng, accum, loss_fn, aux_weight, num_classes)
     grad_norm = optim.global_norm(grads)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     if scaled:
@@ -222,18 +239,66 @@ def make_train_step(config, model, tx, schedule) -> Callable:
             (state.first_nonfinite_step < 0) & ~finite, state.step,
             state.first_nonfinite_step),
         lr_scale=state.lr_scale)
-    valid = losses.valid_mask(labels, num_classes)
-    correct = (jnp.argmax(logits, -1) == labels) & valid
+    if accum == 1:  # As before accumulation existed (the default program is unchanged).
+      valid = losses.valid_mask(labels, num_classes)
+      correct = (jnp.argmax(logits, -1) == labels) & valid
+      counts = (jnp.sum(correct), jnp.sum(valid))
     metrics = {
         'loss': loss,
         'grad_norm': grad_norm,
         'lr': schedule(state.step) * state.lr_scale,
-        'pixel_acc': jnp.sum(correct) / jnp.maximum(jnp.sum(valid), 1),
+        'pixel_acc': counts[0] / jnp.maximum(counts[1], 1),
         'finite': finite.astype(jnp.float32),
     }
     return new_state, metrics
 
   return step
+
+
+def accumulate_gradients(model, state: TrainState, images, labels, dropout_rng, k: int,
+                         loss_fn, aux_weight: float, num_classes: int):
+  """(mean loss, mean gradient, {'batch_stats'}, (correct, valid) pixel counts)
+  over k micro-batches run one after another (lax.scan): the memory of one
+  micro-batch. Micro-batch j is rows j, j + k, j + 2k, ... so that each one
+  keeps the batch's data sharding. Each micro-batch's loss is normalised over
+  its own pixels, so the mean gradient equals the full batch's when every
+  micro-batch has the same number of valid pixels. BatchNorm normalises each
+  micro-batch with its own statistics and updates its running statistics once
+  per micro-batch, in order."""
+  b = images.shape[0]
+
+  def split(x):
+    return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+
+  def micro(carry, xs):
+    batch_stats, grad_sum, loss_sum, correct_sum, valid_sum = carry
+    j, x, y = xs
+
+    def compute_loss(params):
+      outputs, new_vars = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, x, train=True,
+          mutable=['batch_stats'], rngs={'dropout': jax.random.fold_in(dropout_rng, j)})
+      logits, aux = split_outputs(outputs)
+      loss = loss_fn(logits, y)
+      if aux is not None:
+        loss = loss + aux_weight * loss_fn(aux, y)
+      return loss, (logits, new_vars)
+
+    (loss, (logits, new_vars)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params)
+    valid = losses.valid_mask(y, num_classes)
+    correct = (jnp.argmax(logits, -1) == y) & valid
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (new_vars.get('batch_stats', {}), grad_sum, loss_sum + loss,
+            correct_sum + jnp.sum(correct), valid_sum + jnp.sum(valid)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  init = (state.batch_stats, zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
+          jnp.zeros((), jnp.int32))
+  (batch_stats, grad_sum, loss_sum, correct, valid), _ = jax.lax.scan(
+      micro, init, (jnp.arange(k), split(images), split(labels)))
+  grads = jax.tree.map(lambda g: g / k, grad_sum)
+  return loss_sum / k, grads, {'batch_stats': batch_stats}, (correct, valid)
 
 
 def update_ema(ema, new, step: jax.Array, decay: float):
@@ -363,6 +428,7 @@ def _set_lr_scale(state: TrainState, scale: float, mesh) -> TrainState:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming if possible), evaluates, and returns the final val metrics."""
   config_lib.validate(config)
+  compile_cache.setup(config)  # Persistent compilation cache (a no-op when already set).
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding_lib.make_mesh()
   sharding_lib.check_batch_size(int(config.batch_size), mesh)
@@ -478,6 +544,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for step in range(start_step, total):
           batch = sharding_lib.to_global(next(batches), mesh)
           ckpt.check_saved()  # A failed background save stops training here.
+          if step == start_step:  # Compiled ahead of time, to log how long it took.
+            train_step, secs, hits = compile_cache.timed_compile(train_step, state, batch, rng)
+            if jax.process_index() == 0:
+              print(compile_cache.compile_message('train step', secs, hits), flush=True)
           state, metrics = train_step(state, batch, rng)
           pending.append(metrics)
           # Check the previous step's flag while this one runs: stops within one

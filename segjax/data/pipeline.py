@@ -31,7 +31,9 @@ def _num_threads() -> int:
     cpus = len(os.sched_getaffinity(0))
   except AttributeError:
     cpus = os.cpu_count() or 1
-  return max(1, min(8, cpus))
+  # One reader thread per core: decoding is most of the host's work, and a
+  # fixed cap (8) starved a GPU that steps faster than 8 cores decode.
+  return max(1, cpus)
 
 
 def _check_processes(batch_size: int, process_index: int, process_count: int,
@@ -84,10 +86,13 @@ class _ProcessRows(grain.MapDataset):
 
 def _train_batch(elements) -> dict[str, np.ndarray]:
   # Stacks train elements; 'name' is dropped (strings do not go to devices).
-  return {
+  out = {
       'image': np.stack([e['image'] for e in elements]),
       'label': np.stack([e['label'] for e in elements]).astype(np.int32),
   }
+  if 'size' in elements[0]:  # data.augment_on='device': each example's real size.
+    out['size'] = np.stack([e['size'] for e in elements])
+  return out
 
 
 def _train_rows(config, process_index: int, process_count: int):
@@ -101,7 +106,11 @@ def _train_rows(config, process_index: int, process_count: int):
   # Shuffle before repeat: grain folds the epoch into the shuffle seed.
   ds = ds.shuffle(seed=_derive_seed(config.seed, 1)).repeat()
   # After repeat, random_map's index is the global element position.
-  ds = ds.random_map(transforms.TrainTransform(config), seed=_derive_seed(config.seed, 2))
+  if config.data.get('augment_on', 'host') == 'device':  # Augmented in the train step.
+    from segjax.data import device_augment  # pylint: disable=g-import-not-at-top
+    ds = ds.map(device_augment.DecodeTransform(config, device_augment.canvas_size(config, src)))
+  else:
+    ds = ds.random_map(transforms.TrainTransform(config), seed=_derive_seed(config.seed, 2))
   return _ProcessRows(ds, local, process_index, process_count), local
 
 

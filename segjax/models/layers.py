@@ -88,6 +88,25 @@ def batch_norm(*, train: bool, momentum: float, epsilon: float, dtype: Dtype,
                       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+REMAT_POLICIES = ('nothing_saveable', 'everything_saveable', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable')
+
+
+def remat_block(cls: type, remat: str = 'none', policy: str = 'nothing_saveable') -> type:
+  """`cls`, or with remat='blocks' its rematerialised version: jax.checkpoint
+  (nn.remat) with jax.checkpoint_policies.<policy>, so that the backward pass
+  recomputes each block's activations from the block's input instead of
+  keeping them. The wrapped module must be called as module(x, train) with
+  `train` positional (a static argument). Parameter names do not change."""
+  if remat == 'none':
+    return cls
+  if remat != 'blocks':
+    raise ValueError(f"remat {remat!r} is not one of ('none', 'blocks')")
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f'remat_policy {policy!r} is not one of {REMAT_POLICIES}')
+  return nn.remat(cls, policy=getattr(jax.checkpoint_policies, policy), static_argnums=(2,))
+
+
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """Bilinear resize of NHWC `x` to `size` = (h, w), half-pixel centres.
 

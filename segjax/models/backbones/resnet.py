@@ -114,7 +114,7 @@ class Bottleneck(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(layers.Conv, use_bias=self.conv_bias, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=_torch_conv_init())
     bn = functools.partial(layers.batch_norm, train=train, momentum=self.bn_momentum,
@@ -159,6 +159,8 @@ class ResNet(nn.Module):
     padding: 'SYMMETRIC' (torchvision: conv1 pads 3, 3x3 convs pad their
       dilation, the max pool pads 1 with -inf) or 'SAME' (TensorFlow).
     dtype: compute dtype.
+    remat: 'none' | 'blocks': rematerialise every bottleneck block
+      (layers.remat_block) with jax.checkpoint_policies.<remat_policy>.
   """
   depth: int = 50
   output_stride: int = 32
@@ -169,8 +171,11 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   padding: str = 'SYMMETRIC'
   dtype: Any = jnp.float32
+  remat: str = 'none'
+  remat_policy: str = 'nothing_saveable'
 
   def __post_init__(self):
+    layers.remat_block(Bottleneck, self.remat, self.remat_policy)  # Validates both.
     resnet_blocks(self.depth, self.output_stride, self.multi_grid)  # Validates all three.
     layers.canonical_dtype(self.dtype)
     layers.check_padding(self.padding)
@@ -194,13 +199,14 @@ class ResNet(nn.Module):
 
     in_channels = STEM_CHANNELS
     stages = resnet_blocks(self.depth, self.output_stride, self.multi_grid)
+    block_cls = layers.remat_block(Bottleneck, self.remat, self.remat_policy)
     for s, (width, blocks) in enumerate(zip(STAGE_WIDTHS, stages), start=1):
       for i, (stride, dilation) in enumerate(blocks):
         # torchvision adds the projection shortcut when the shape changes.
         downsample = i == 0 and (stride != 1 or in_channels != width * EXPANSION)
-        x = Bottleneck(width, stride, dilation, downsample, self.stride_in_1x1,
-                       self.conv_bias, self.bn_momentum, self.bn_epsilon, self.padding,
-                       dtype, name=f'layer{s}_{i}')(x, train=train)
+        x = block_cls(width, stride, dilation, downsample, self.stride_in_1x1,
+                      self.conv_bias, self.bn_momentum, self.bn_epsilon, self.padding,
+                      dtype, name=f'layer{s}_{i}')(x, train)
         in_channels = width * EXPANSION
       feats[f'stride{2 ** (s + 1)}'] = x
     return feats

@@ -23,6 +23,7 @@ from segjax.models.deeplabv3plus import DeepLabV3Plus
 from segjax.models.dsrfcn import DSRFCN
 from segjax.models.fcn import FCN8s, FCN16s, FCN32s
 from segjax.models.segnet import BayesianSegNet, SegNet
+from segjax.models.sepres_fcn import SepResFCN
 from segjax.models.unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -35,6 +36,7 @@ MODELS: dict[str, type[nn.Module]] = {
     'segnet': SegNet,
     'bayesian_segnet': BayesianSegNet,
     'dsrfcn': DSRFCN,
+    'sepres_fcn': SepResFCN,
 }
 
 
@@ -74,4 +76,4 @@ def get_model(name: str, *, num_classes: int, backbone: str | None = None,
 
 
 __all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV3', 'DeepLabV3Plus', 'FCN8s', 'FCN16s',
-           'FCN32s', 'SegNet', 'UNet', 'get_model', 'model_kwargs']
+           'FCN32s', 'SegNet', 'SepResFCN', 'UNet', 'get_model', 'model_kwargs']

@@ -176,3 +176,85 @@ def test_sepres_fcn_pads_odd_sizes_and_freezes(small_sepres):
 def test_sepres_fcn_argument_errors(kwargs, needle):
   with pytest.raises(ValueError, match=needle):
     sepres_fcn.SepResFCN(num_classes=12, **kwargs)
+
+
+# ------------------------------------------------------------------ DeepLab v1 / v2
+
+_VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+                (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))
+
+
+def test_deeplabv1_parameter_count_by_hand():
+  """VGG-16's 13 convs, fc6 3x3x512x1024, fc7 1x1x1024x1024, fc8 to 21
+  classes: 20.5M, the paper's figure for DeepLab-LargeFOV."""
+  want = sum(9 * cin * cout + cout for cin, cout in _VGG16_CONVS)
+  want += 3 * 3 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21
+  _, variables = _abstract(models.get_model('deeplabv1', num_classes=21), (1, 64, 64, 3))
+  assert _count(variables['params']) == want == 20_505_429
+  assert 'batch_stats' not in variables
+
+
+def test_deeplabv1_structure_at_321():
+  """At the paper's 321x321 crops: pool1-3 halve (161, 81, 41, rounding up),
+  pool4/pool5 keep 41x41 (stride 8), fc6 is 3x3 with dilation 12, conv5 has
+  dilation 2 (only visible in the output, checked by the parity test)."""
+  model = models.get_model('deeplabv1', num_classes=21, backbone='vgg16', output_stride=8)
+  logits, state = _abstract(model, (1, 321, 321, 3), capture=True)
+  assert logits.shape == (1, 321, 321, 21)
+  feats = state['intermediates']['backbone']['__call__'][0]
+  assert {k: v.shape[1:] for k, v in feats.items()} == {
+      'stride2': (161, 161, 64), 'stride4': (81, 81, 128), 'stride8': (41, 41, 256),
+      'stride16': (41, 41, 512), 'stride32': (41, 41, 512)}
+  params = state['params']
+  assert params['fc6']['kernel'].shape == (3, 3, 512, 1024)
+  assert params['fc7']['kernel'].shape == (1, 1, 1024, 1024)
+  assert state['intermediates']['fc8']['__call__'][0].shape == (1, 41, 41, 21)
+
+
+def test_deeplabv2_parameter_count_by_hand():
+  """ResNet-101 (torchvision, without fc) + four 3x3 classifiers with bias."""
+  stem = 7 * 7 * 3 * 64 + 2 * 64
+  resnet = stem
+  cin = 64
+  for width, blocks in zip((64, 128, 256, 512), (3, 4, 23, 3)):
+    for i in range(blocks):
+      resnet += cin * width + 9 * width * width + width * 4 * width  # 1x1, 3x3, 1x1.
+      resnet += 2 * (width + width + 4 * width)  # Three BNs.
+      if i == 0:
+        resnet += cin * 4 * width + 2 * 4 * width  # Projection shortcut + BN.
+      cin = 4 * width
+  assert resnet == 42_500_160  # torchvision resnet101 (44,549,160) minus fc (2,049,000).
+  want = resnet + 4 * (9 * 2048 * 21 + 21)
+  _, variables = _abstract(models.get_model('deeplabv2', num_classes=21), (1, 64, 64, 3))
+  assert _count(variables['params']) == want == 44_048_532
+  assert sorted(k for k in variables['params'] if k != 'backbone') == [
+      'aspp0', 'aspp1', 'aspp2', 'aspp3']
+
+
+def test_deeplabv2_structure_at_224():
+  model = models.get_model('deeplabv2', num_classes=21, backbone='resnet101', output_stride=8)
+  logits, state = _abstract(model, (1, 224, 224, 3), capture=True)
+  assert logits.shape == (1, 224, 224, 21)
+  feats = state['intermediates']['backbone']['__call__'][0]
+  assert {k: v.shape[1:] for k, v in feats.items()} == {
+      'stride2': (112, 112, 64), 'stride4': (56, 56, 256), 'stride8': (28, 28, 512),
+      'stride16': (28, 28, 1024), 'stride32': (28, 28, 2048)}
+  for i in range(4):
+    assert state['intermediates'][f'aspp{i}']['__call__'][0].shape == (1, 28, 28, 21)
+    assert state['params'][f'aspp{i}']['kernel'].shape == (3, 3, 2048, 21)
+  assert model.aspp_rates == (6, 12, 18, 24)
+
+
+@pytest.mark.parametrize('name, kwargs, needle', [
+    ('deeplabv1', {'backbone': 'resnet101'}, 'resnet101'),
+    ('deeplabv1', {'output_stride': 16}, '16'),
+    ('deeplabv1', {'fc6_dilation': 0}, 'fc6_dilation'),
+    ('deeplabv1', {'dropout_rate': 1.0}, 'dropout_rate'),
+    ('deeplabv2', {'backbone': 'vgg16'}, 'vgg16'),
+    ('deeplabv2', {'output_stride': 32}, '32'),
+    ('deeplabv2', {'aspp_rates': (6, 0)}, 'aspp_rates'),
+    ('deeplabv2', {'backbone_kwargs': {'nope': 1}}, 'nope'),
+])
+def test_deeplab_argument_errors(name, kwargs, needle):
+  with pytest.raises(ValueError, match=needle):
+    models.get_model(name, num_classes=21, **kwargs)

@@ -140,3 +140,129 @@ def test_sepres_fcn_matches_keras_construction():
   want = np.asarray(peer(x, training=False))
   got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   util.check('keras write-up network vs segjax sepres_fcn logits (224)', got, want)
+
+
+# ------------------------------------------------------------------ DeepLab v1 / v2
+
+
+def _randomize_torch_biases(module, seed):
+  """torchvision zero-initialises some biases: random ones everywhere, so a
+  dropped bias cannot pass."""
+  import torch
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.bias is not None:
+        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+
+
+def _torch_deeplabv1(torch, torchvision, num_classes):
+  """DeepLab-LargeFOV from torchvision's vgg16 features: pool1-3 become 3x3
+  stride-2 pad-1 pools, pool4/pool5 3x3 stride-1 pad-1, conv5_* dilation 2;
+  head fc6 (3x3, dilation 12, 1024) -> ReLU -> Dropout -> fc7 (1x1) -> ReLU
+  -> Dropout -> fc8, bilinear upsampling (align_corners=False)."""
+  nn = torch.nn
+  features = torchvision.models.vgg16(weights=None).features
+  for i in (4, 9, 16):
+    features[i] = nn.MaxPool2d(3, stride=2, padding=1)
+  for i in (23, 30):
+    features[i] = nn.MaxPool2d(3, stride=1, padding=1)
+  for i in (24, 26, 28):
+    features[i].dilation, features[i].padding = (2, 2), (2, 2)
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features = features
+      self.head = nn.Sequential(
+          nn.Conv2d(512, 1024, 3, padding=12, dilation=12), nn.ReLU(), nn.Dropout(0.5),
+          nn.Conv2d(1024, 1024, 1), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(1024, num_classes, 1))
+
+    def forward(self, x):
+      y = self.head(self.features(x))
+      return nn.functional.interpolate(y, size=x.shape[2:], mode='bilinear',
+                                       align_corners=False)
+
+  return Net().eval()
+
+
+def test_deeplabv1_matches_torch_construction():
+  torch = pytest.importorskip('torch', reason=util.PEERS)
+  torchvision = pytest.importorskip('torchvision', reason=util.PEERS)
+  from segjax.models import deeplabv1
+  from segjax.models.convert import vgg as vgg_convert
+  torch.manual_seed(0)
+  peer = _torch_deeplabv1(torch, torchvision, 5)
+  _randomize_torch_biases(peer, seed=1)
+  state = util.torch_weights(peer)
+  # The encoder is torchvision's vgg16 `features`: its converter maps them
+  # (and checks that it used every one); the head by hand.
+  encoder = common.SourceWeights({k: v for k, v in state.items() if k.startswith('features.')})
+  variables = {'params': {
+      'backbone': vgg_convert.convert_torchvision_vgg(
+          encoder, depth=16, include_fc=False)['params']}}
+  head = common.SourceWeights({k: v for k, v in state.items() if k.startswith('head.')})
+  for name, key in (('fc6', 'head.0'), ('fc7', 'head.3'), ('fc8', 'head.6')):
+    variables['params'][name] = common.torch_conv_params(head, key, bias=True)
+  head.check_all_used()
+  assert len(state) == len(encoder.keys()) + len(head.keys())
+  model = deeplabv1.DeepLabV1(num_classes=5)
+  x = _input((1, 3, 67, 83), seed=3)  # Odd sides: the 3x3 pools' rounding shows.
+  check_matches(variables, _init_shapes(model, (1, 67, 83, 3)))
+  with torch.no_grad():
+    want = _nhwc(peer(torch.from_numpy(x)).numpy())
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _nhwc(x))
+  util.check('torch DeepLab-LargeFOV vs segjax deeplabv1 logits (67x83)', got, want)
+
+
+def _torch_deeplabv2(torch, torchvision, num_classes, rates=(6, 12, 18, 24)):
+  """torchvision resnet101 at output stride 8 (replace_stride_with_dilation
+  [False, True, True]) + ASPP-L: the sum of one 3x3 atrous classifier per
+  rate, bilinear upsampling (align_corners=False)."""
+  nn = torch.nn
+  from torchvision.models._utils import IntermediateLayerGetter
+  resnet = torchvision.models.resnet101(weights=None,
+                                        replace_stride_with_dilation=[False, True, True])
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.backbone = IntermediateLayerGetter(resnet, {'layer4': 'out'})
+      self.aspp = nn.ModuleList(nn.Conv2d(2048, num_classes, 3, padding=r, dilation=r)
+                                for r in rates)
+
+    def forward(self, x):
+      f = self.backbone(x)['out']
+      y = sum(conv(f) for conv in self.aspp)
+      return nn.functional.interpolate(y, size=x.shape[2:], mode='bilinear',
+                                       align_corners=False)
+
+  return Net().eval()
+
+
+def test_deeplabv2_matches_torch_construction():
+  torch = pytest.importorskip('torch', reason=util.PEERS)
+  torchvision = pytest.importorskip('torchvision', reason=util.PEERS)
+  from segjax.models import deeplabv2
+  from segjax.models.convert import resnet as resnet_convert
+  torch.manual_seed(0)
+  peer = _torch_deeplabv2(torch, torchvision, 4)
+  util.randomize_torch_bn(peer, seed=2)
+  _randomize_torch_biases(peer, seed=3)
+  weights = common.SourceWeights(util.torch_weights(peer), source='torch deeplabv2')
+  variables: dict = {}
+  resnet_convert.put_torchvision_resnet(weights, variables, prefix='backbone.',
+                                        path='backbone', depth=101)
+  for i in range(4):
+    common.put_module(variables, f'aspp{i}',
+                      common.torch_conv_params(weights, f'aspp.{i}', bias=True))
+  weights.check_all_used(ignore=common.TORCH_IGNORE)
+  model = deeplabv2.DeepLabV2(num_classes=4)
+  x = _input((1, 3, 57, 70), seed=4)
+  check_matches(variables, _init_shapes(model, (1, 57, 70, 3)))
+  with torch.no_grad():
+    want = _nhwc(peer(torch.from_numpy(x)).numpy())
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _nhwc(x))
+  util.check('torch ResNet-101 + ASPP-L vs segjax deeplabv2 logits (57x70)', got, want)

@@ -91,8 +91,8 @@ def preset(data_config, root: str = '') -> None:
 
 
 def write_generated(root: str, split: str, n: int, size: int = 64, seed: int = 0) -> None:
-  """n generated image/mask pairs in <root>/<split>/: each mask a few random
-  rectangles of random classes on a random background (some 'unknown'), the
+  """n generated image/mask pairs in <root>/<split>/: each mask three random
+  rectangles of random classes and one of 'unknown' on a random background, the
   image a class-dependent colour plus noise, saved as JPEG like the data."""
   rng = np.random.default_rng([seed, sum(map(ord, split))])
   folder = Path(root) / split
@@ -101,10 +101,11 @@ def write_generated(root: str, split: str, n: int, size: int = 64, seed: int = 0
   tints = rng.integers(30, 226, (len(colours), 3))
   for i in range(n):
     index = np.full((size, size), rng.integers(len(PALETTE)), np.int64)
-    for _ in range(4):
+    for k in range(4):
       y, x = rng.integers(0, size - 8, 2)
       h, w = rng.integers(8, size // 2, 2)
-      index[y:y + h, x:x + w] = rng.integers(len(colours))
+      # The last region is always 'unknown', like the untagged areas of the data.
+      index[y:y + h, x:x + w] = rng.integers(len(PALETTE)) if k < 3 else len(PALETTE)
     image = np.clip(tints[index] + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(image).save(folder / f'{i:04d}{IMAGE_SUFFIX}', quality=95)
     Image.fromarray(colours[index]).save(folder / f'{i:04d}{MASK_SUFFIX}')

@@ -18,11 +18,15 @@ from typing import Any
 import flax.linen as nn
 
 from segjax.models import layers
+from segjax.models.deeplabv1 import DeepLabV1
+from segjax.models.deeplabv2 import DeepLabV2
 from segjax.models.deeplabv3 import DeepLabV3
 from segjax.models.deeplabv3plus import DeepLabV3Plus
 from segjax.models.dsrfcn import DSRFCN
 from segjax.models.fcn import FCN8s, FCN16s, FCN32s
+from segjax.models.fcn_sat import FCN8sSat, FCN16sSat, FCN32sSat
 from segjax.models.segnet import BayesianSegNet, SegNet
+from segjax.models.sepres_fcn import SepResFCN
 from segjax.models.unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -35,6 +39,12 @@ MODELS: dict[str, type[nn.Module]] = {
     'segnet': SegNet,
     'bayesian_segnet': BayesianSegNet,
     'dsrfcn': DSRFCN,
+    'sepres_fcn': SepResFCN,
+    'deeplabv1': DeepLabV1,
+    'deeplabv2': DeepLabV2,
+    'fcn32s_sat': FCN32sSat,
+    'fcn16s_sat': FCN16sSat,
+    'fcn8s_sat': FCN8sSat,
 }
 
 
@@ -73,5 +83,7 @@ def get_model(name: str, *, num_classes: int, backbone: str | None = None,
                       **kwargs)
 
 
-__all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV3', 'DeepLabV3Plus', 'FCN8s', 'FCN16s',
-           'FCN32s', 'SegNet', 'UNet', 'get_model', 'model_kwargs']
+__all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV1', 'DeepLabV2', 'DeepLabV3',
+           'DeepLabV3Plus', 'FCN8s', 'FCN8sSat', 'FCN16s', 'FCN16sSat', 'FCN32s',
+           'FCN32sSat', 'SegNet', 'SepResFCN', 'UNet',
+           'get_model', 'model_kwargs']

@@ -393,3 +393,18 @@ def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_pat
   avg_ckpt.close()
   np.testing.assert_allclose(np.asarray(avg_state.params['score32']['kernel']),
                              np.mean(kernels, axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_camvid_sepres_lab_config_builds_a_six_channel_stem():
+  """The CamVid config's own model with lab: the stem convolves 6 channels
+  (shapes only, nothing compiled)."""
+  c = load('camvid_sepres_fcn.py', 'lab')
+  model = train.build_model(c)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))
+  stem = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(shapes['params'])
+          if 'stem' in jax.tree_util.keystr(path) and leaf.ndim == 4]
+  assert stem == [(3, 3, 6, 16)]
+  logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False),
+                          shapes)
+  assert logits.shape == (2, 224, 224, 12)

@@ -27,4 +27,5 @@ def get_config(arg=None):
   c.model.output_stride = 8
   c.model.kwargs.multi_grid = None
   c.model.kwargs.aux_head = False
+  c.model.kwargs.padding = 'SYMMETRIC'  # torchvision's, as its converted weights expect.
   return c

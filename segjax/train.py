@@ -83,6 +83,9 @@ def _merge_metrics(collection, metrics: dict):
   return collection.merge(TrainMetrics.single_from_model_output(**metrics))
 
 
+_compute_metrics = jax.jit(lambda collection: collection.compute())
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -486,15 +489,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                          f'{"x".join(str(v) for v in config.data.crop_size)}) ...')
             t_compile = time.time()
           state, metrics = train_step(state, batch, rng)
+          collection = _merge_metrics(
+              TrainMetrics.empty() if collection is None else collection,
+              {k: metrics[k] for k in ('loss', 'grad_norm', 'pixel_acc', 'lr')})
           if step == start_step:
-            jax.block_until_ready(metrics)
+            # The metric programs compile here too, so no interval pays for them.
+            jax.block_until_ready((metrics, _compute_metrics(collection)))
             now = time.time()
             writers.info(f'compiled in {now - t_compile:.1f} s (first step, compilation '
                          'included; img/s and ETA count from here)')
             progress.start(step + 1, now)
-          collection = _merge_metrics(
-              TrainMetrics.empty() if collection is None else collection,
-              {k: metrics[k] for k in ('loss', 'grad_norm', 'pixel_acc', 'lr')})
           pending_finite.append(metrics['finite'])
           progress.advance()
           # Check the previous step's flag while this one runs: stops within one
@@ -506,7 +510,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           is_last = done == total
           if done % int(config.log_every) == 0 or is_last:
             _check_finite(state, config, last_saved, ckpt_directory)
-            means = {k: float(v) for k, v in jax.device_get(collection.compute()).items()}
+            means = {k: float(v) for k, v in jax.device_get(_compute_metrics(collection)).items()}
             finite = jax.device_get(pending_finite)
             now = time.time()
             skipped = [done - len(finite) + i + 1 for i, f in enumerate(finite) if not f]

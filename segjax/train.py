@@ -167,9 +167,9 @@ def init_state(config, model, tx, mesh) -> TrainState:
   # Only the leaves the model has travel to the device.
   from segjax.models import convert  # pylint: disable=g-import-not-at-top
   dropped = convert.dropped_leaves(_variable_shapes(config, model), pretrained, meta)
-  if dropped and jax.process_index() == 0:
-    print(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model does '
-          f'not have are not used: {dropped[:6]}', flush=True)
+  if dropped:
+    writers.info(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model '
+                 f'does not have are not used: {dropped[:6]}')
   return init(rng, pretrained)
 
 

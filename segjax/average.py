@@ -35,7 +35,7 @@ The output directory is a workdir `--mode=eval` can read: out/config.json
 averaged step. Its optimizer state, step and non-finite counters are those of
 that checkpoint; its meta records the source run, the steps and how BatchNorm
 statistics were made. With `--evaluate` the averaged model is also evaluated on
-data.val_split: the result goes to out/eval_<split>_<step>.json and is stored
+data.val_split: the result goes to out/eval/<split>_<step>.json and is stored
 with the checkpoint, so eval.checkpoint=best works on the output too.
 """
 

@@ -36,8 +36,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import sys
 
 import numpy as np
+import tqdm
 
 from segjax.data import labels as labels_lib
 from segjax.data import sources
@@ -239,7 +241,9 @@ def scan_split(config, split: str, max_examples: int | None = None) -> dict:
     num_read = num_available if max_examples is None else min(num_available, max_examples)
     if not num_available:
       stats.problem(data.root or data.name, f'split {split!r} has no examples ({source!r})')
-    for i in range(num_read):
+    # A progress bar on stderr when it is a terminal (tqdm's disable=None).
+    for i in tqdm.tqdm(range(num_read), desc=f'check {split}', unit='example', file=sys.stderr,
+                       disable=None, leave=False):
       if isinstance(source, sources.FolderSource):
         ok = _scan_folder_pair(source, *source.pairs[i], stats)
       else:

@@ -17,10 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from PIL import Image
+
 from segjax import crf as crf_lib
+from segjax import figures
 from segjax import metrics as metrics_lib
 from segjax.models import layers
 from segjax import sharding as sharding_lib
+from segjax import writers
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
 from segjax.data import transforms
@@ -194,52 +198,93 @@ def make_eval_step(model, config, mesh) -> Callable:
                  out_shardings=(repl, repl, repl, data, data))
 
 
+def panel_indices(num_examples: int, num_panel_images: int) -> list[int]:
+  """Indices of the panel examples: spread evenly over the split (first and
+  last included), so consecutive near-identical video frames are not all
+  that is shown; the same at every evaluation."""
+  if num_examples <= 0 or num_panel_images <= 0:
+    return []
+  k = min(int(num_panel_images), int(num_examples))
+  return sorted({int(i) for i in np.round(np.linspace(0, num_examples - 1, k))})
+
+
 def evaluate_split(eval_step: Callable, variables: Any, config, split: str, mesh, *,
                    num_panel_images: int = 0,
                    limit: Optional[int] = None) -> tuple[dict, Optional[dict]]:
-  """Runs the whole split. Returns (metrics, panel arrays or None).
+  """Runs the whole split. Returns (metrics, panel or None).
 
-  Panels hold image/label/prediction/uncertainty (predictive entropy) of the
-  split's first `num_panel_images` examples (fixed across evaluations, so
-  panels over steps are comparable).
+  The panel holds lists 'image', 'label', 'pred', 'uncertainty' (predictive
+  entropy) and 'index' of `num_panel_images` examples at panel_indices
+  (fixed across evaluations, so panels over steps are comparable). With
+  several processes, process 0 draws the panel from its own rows: each index
+  moves to the nearest row of its global batch that process 0 holds.
   """
   spec = labels_lib.spec_from_config(config.data)
   sharding_lib.check_batch_size(int(config.eval.batch_size), mesh, 'eval.batch_size')
   batches, num_examples = pipeline.eval_batches(
       config, split, process_index=jax.process_index(), process_count=jax.process_count(),
       limit=limit)
-  acc = metrics_lib.ConfusionAccumulator(spec.num_classes)
+  acc = metrics_lib.ConfusionMatrix.empty(spec.num_classes)
   loss_sum = 0.0
   pixels = 0
-  panel = None
-  seen = 0
+  global_batch = int(config.eval.batch_size)
+  local_batch = global_batch // jax.process_count()
+  wanted = {}  # (batch index, local row) -> example index.
+  for i in panel_indices(num_examples, num_panel_images):
+    b, row = divmod(i, global_batch)
+    wanted[(b, min(row, local_batch - 1))] = b * global_batch + min(row, local_batch - 1)
+  panel = {'image': [], 'label': [], 'pred': [], 'uncertainty': [], 'index': []}
   rng = jax.random.fold_in(jax.random.key(int(config.seed)), 2)
-  for index, batch in enumerate(batches):
-    global_batch = sharding_lib.to_global(batch, mesh)
+  bar = writers.progress(batches, total=len(batches), desc=f'eval {split}', unit='batch')
+  for index, batch in enumerate(bar):
+    sharded = sharding_lib.to_global(batch, mesh)
     try:
-      cm, nll, nvalid, preds, entropy = eval_step(variables, global_batch,
+      cm, nll, nvalid, preds, entropy = eval_step(variables, sharded,
                                                   jax.random.fold_in(rng, index))
-      acc.add(cm, int(np.prod(batch['label'].shape)) * jax.process_count())  # May sync.
+      acc = acc.merge(metrics_lib.ConfusionMatrix.from_counts(
+          cm, int(np.prod(batch['label'].shape)) * jax.process_count()))  # May sync.
     except jax.errors.JaxRuntimeError as e:
       if 'RESOURCE_EXHAUSTED' not in str(e):
         raise
       raise EvalOutOfMemoryError(_oom_message(config, split, batch, e)) from None
     loss_sum += nll  # Stays on device: no per-batch sync.
     pixels += nvalid
-    if seen < num_panel_images and jax.process_index() == 0:
-      take = min(num_panel_images - seen, int(np.sum(batch['valid'])))
-      part = {'image': batch['image'][:take], 'label': batch['label'][:take],
-              'pred': sharding_lib.local_rows(preds)[:take],
-              'uncertainty': sharding_lib.local_rows(entropy)[:take]}
-      panel = part if panel is None else {k: np.concatenate([panel[k], part[k]]) for k in panel}
-      seen += take
-  cm = acc.result()
+    rows = [r for r in range(local_batch) if (index, r) in wanted]
+    if rows and jax.process_index() == 0:
+      local_preds = sharding_lib.local_rows(preds)
+      local_entropy = sharding_lib.local_rows(entropy)
+      for r in rows:
+        panel['image'].append(np.asarray(batch['image'][r]))
+        panel['label'].append(np.asarray(batch['label'][r]))
+        panel['pred'].append(np.asarray(local_preds[r]))
+        panel['uncertainty'].append(np.asarray(local_entropy[r]))
+        panel['index'].append(wanted[(index, r)])
+  bar.close()
+  cm = acc.compute()
   result = metrics_lib.compute_metrics(cm, spec.names)
   total_pixels = float(jax.device_get(pixels)) if not isinstance(pixels, int) else float(pixels)
   result['loss'] = float(jax.device_get(loss_sum)) / max(total_pixels, 1.0)
   result['num_examples'] = int(num_examples)
   result['confusion_matrix'] = cm.tolist()
-  return result, panel
+  return result, (panel if panel['index'] else None)
+
+
+def panel_figure(panel: dict, config, *, title: str = ''):
+  """The matplotlib figure of an evaluation panel: image | ground truth |
+  prediction [| entropy with eval.mc_samples > 1], class legend, ignored
+  pixels in a colour no class uses; rows titled with the example index."""
+  spec = labels_lib.spec_from_config(config.data)
+  mc = int(config.eval.mc_samples) > 1
+  return figures.prediction_figure(
+      panel['image'], panel['label'], panel['pred'], class_colors=spec.colors[:-1],
+      class_names=spec.names, uncertainty=panel['uncertainty'] if mc else None,
+      num_classes=spec.num_classes, row_titles=[f'#{i}' for i in panel['index']], title=title)
+
+
+def confusion_figure(result: dict, *, title: str = ''):
+  """The row-normalised confusion matrix of a result, with class names."""
+  return figures.confusion_figure(np.asarray(result['confusion_matrix'], np.int64),
+                                  list(result['IoU']), title=title, normalize='true')
 
 
 class EvalOutOfMemoryError(MemoryError):
@@ -263,46 +308,55 @@ def scalar_metrics(result: dict) -> dict:
   return out
 
 
+EVAL_DIR = 'eval'
+
+
+def eval_dir(workdir: str) -> str:
+  """Where evaluation files go: <workdir>/eval."""
+  return os.path.join(workdir, EVAL_DIR)
+
+
+def result_stem(workdir: str, split: str, step: int, suffix: str = '') -> str:
+  return os.path.join(eval_dir(workdir), f'{_safe(split)}_{int(step):08d}{suffix}')
+
+
 def write_result(workdir: str, split: str, step: int, result: dict, suffix: str = '') -> str:
-  """Next to the run (process 0 only): eval_<split>_<step><suffix>.json (all
+  """Process 0 only, in <workdir>/eval/: <split>_<step><suffix>.json (all
   metrics and the confusion matrix), .md (the table with class names) and
-  _confusion.png (the row-normalised confusion matrix)."""
-  path = os.path.join(workdir, f'eval_{_safe(split)}_{int(step):08d}{suffix}.json')
+  _confusion.png (the row-normalised confusion matrix with class names).
+  Returns the JSON's path."""
+  stem = result_stem(workdir, split, step, suffix)
+  path = stem + '.json'
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
       json.dump({'split': split, 'step': int(step), **result}, f, indent=1,
                 default=lambda x: None)
     title = f'{split} @ step {int(step)}' + (' (EMA weights)' if suffix == '_ema' else '')
-    with open(path[:-len('.json')] + '.md', 'w') as f:
+    with open(stem + '.md', 'w') as f:
       f.write(metrics_lib.format_markdown(result, title=title))
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    from segjax import plots  # pylint: disable=g-import-not-at-top
-    heatmap = plots.confusion_heatmap(np.asarray(result['confusion_matrix']),
-                                      list(result['IoU']), title=title)
-    Image.fromarray(heatmap).save(path[:-len('.json')] + '_confusion.png')
+    figures.save_png(confusion_figure(result, title=title), stem + '_confusion.png')
   return path
 
 
 def write_prediction_images(workdir: str, split: str, step: int, panel: dict, config) -> str:
-  """PNGs of the panel examples in workdir/eval_<split>_<step>/: NNNN_pred.png
-  (palette colours) and, with eval.mc_samples > 1, NNNN_uncertainty.png
-  (predictive entropy, black = certain, white = log num_classes)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from segjax import logging as log_lib  # pylint: disable=g-import-not-at-top
+  """PNGs of the panel examples in <workdir>/eval/<split>_<step>/:
+  <index>_pred.png (palette colours; <index> is the example's position in the
+  split) and, with eval.mc_samples > 1, <index>_uncertainty.png (predictive
+  entropy, black = certain, white = log num_classes); panel.png is the
+  figure with headers and legend."""
   spec = labels_lib.spec_from_config(config.data)
-  out_dir = os.path.join(workdir, f'eval_{_safe(split)}_{int(step):08d}')
+  out_dir = result_stem(workdir, split, step)
   os.makedirs(out_dir, exist_ok=True)
   mc = int(config.eval.mc_samples) > 1
-  for i, pred in enumerate(panel['pred']):
+  for i, pred in zip(panel['index'], panel['pred']):
     Image.fromarray(spec.colorize(pred)).save(os.path.join(out_dir, f'{i:04d}_pred.png'))
-    if mc:
-      Image.fromarray(log_lib.uncertainty_image(panel['uncertainty'][i], spec.num_classes)).save(
+  if mc:
+    for i, entropy in zip(panel['index'], panel['uncertainty']):
+      Image.fromarray(writers.uncertainty_image(entropy, spec.num_classes)).save(
           os.path.join(out_dir, f'{i:04d}_uncertainty.png'))
-  Image.fromarray(log_lib.prediction_panel(
-      panel['image'], panel['label'], panel['pred'], spec.colorize,
-      uncertainty=panel['uncertainty'] if mc else None, num_classes=spec.num_classes)).save(
-          os.path.join(out_dir, 'panel.png'))
+  figures.save_png(panel_figure(panel, config, title=f'{split} @ step {int(step)}'),
+                   os.path.join(out_dir, 'panel.png'))
   return out_dir
 
 

@@ -18,8 +18,10 @@ present has IoU 0 and counts in mIoU.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+from clu import metrics as clu_metrics
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,35 +42,86 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int) -> j
   return counts.reshape(num_classes, num_classes)
 
 
-class ConfusionAccumulator:
-  """Sums per-batch confusion matrices on device; flushes to int64 on the host.
+FLUSH_PIXELS = 2**30
 
-  int32 on device holds up to 2^31 pixels per cell; we move the running sum to
-  the host before the number of pixels added could reach that, so arbitrarily
-  large splits are counted exactly without per-batch host syncs.
+
+@flax.struct.dataclass
+class ConfusionMatrix(clu_metrics.Metric):
+  """A clu Metric: the confusion matrix of a split, counted exactly.
+
+  `from_model_output` makes one batch's int32 (C, C) counts (under jit, on
+  device). `merge` adds on device while that is exact: int32 holds 2^31 - 1
+  per cell, so before the pixels added since the last flush could reach
+  `flush_pixels` (2^30) the device sum moves into the int64 host total. No
+  host sync per batch, and arbitrarily large splits stay exact. `compute`
+  returns the int64 (C, C) matrix.
+
+  Merge on the host (`acc = acc.merge(batch)`), not inside jit: the flush is a
+  host decision. `pending` (pixels in `device`) is static metadata.
   """
+  host: Any                 # int64 (C, C) numpy array.
+  device: Any               # int32 (C, C) jax array, or None after a flush.
+  pending: int = flax.struct.field(pytree_node=False, default=0)
+  flush_pixels: int = flax.struct.field(pytree_node=False, default=FLUSH_PIXELS)
 
-  def __init__(self, num_classes: int, flush_pixels: int = 2**30):
+  @classmethod
+  def empty(cls, num_classes: int = 0, flush_pixels: int = FLUSH_PIXELS) -> 'ConfusionMatrix':
+    return cls(host=np.zeros((num_classes, num_classes), np.int64), device=None, pending=0,
+               flush_pixels=flush_pixels)
+
+  @classmethod
+  def from_counts(cls, counts: jax.Array, num_pixels: int,
+                  flush_pixels: int = FLUSH_PIXELS) -> 'ConfusionMatrix':
+    """One batch's int32 counts (e.g. from a jitted eval step) over
+    `num_pixels` pixels (valid or not: the bound on what a cell can gain)."""
+    c = counts.shape[0]
+    return cls(host=np.zeros((c, c), np.int64), device=counts, pending=int(num_pixels),
+               flush_pixels=flush_pixels)
+
+  @classmethod
+  def from_model_output(cls, labels: jax.Array, preds: jax.Array, num_classes: int,
+                        **_) -> 'ConfusionMatrix':
+    return cls.from_counts(confusion_matrix(labels, preds, num_classes), int(np.prod(labels.shape)))
+
+  def _flushed(self) -> 'ConfusionMatrix':
+    if self.device is None:
+      return self
+    return self.replace(host=self.host + np.asarray(jax.device_get(self.device), np.int64),
+                        device=None, pending=0)
+
+  def merge(self, other: 'ConfusionMatrix') -> 'ConfusionMatrix':
+    if self.host.shape != other.host.shape:
+      raise ValueError(f'confusion matrices of shape {self.host.shape} and {other.host.shape}')
+    a = self
+    if a.pending + other.pending >= self.flush_pixels:
+      a = a._flushed()
+      if other.pending >= self.flush_pixels:  # Too large to ever add on device.
+        return a.replace(host=a.host + other._flushed().host)
+    host = a.host + other.host
+    if other.device is None:
+      return a.replace(host=host)
+    device = other.device if a.device is None else a.device + other.device
+    return a.replace(host=host, device=device, pending=a.pending + other.pending)
+
+  def compute(self) -> np.ndarray:
+    return self._flushed().host.copy()
+
+
+class ConfusionAccumulator:
+  """Sums per-batch confusion matrices (a ConfusionMatrix metric underneath):
+  int32 on device, flushed to int64 on the host before a cell could overflow."""
+
+  def __init__(self, num_classes: int, flush_pixels: int = FLUSH_PIXELS):
     self.num_classes = num_classes
     self.flush_pixels = flush_pixels
-    self._host = np.zeros((num_classes, num_classes), np.int64)
-    self._device = None
-    self._pending = 0
+    self.metric = ConfusionMatrix.empty(num_classes, flush_pixels)
 
   def add(self, cm: jax.Array, num_pixels: int):
-    if self._pending + num_pixels >= self.flush_pixels:
-      self._flush()
-    self._device = cm if self._device is None else self._device + cm
-    self._pending += num_pixels
-
-  def _flush(self):
-    if self._device is not None:
-      self._host += np.asarray(jax.device_get(self._device), np.int64)
-    self._device, self._pending = None, 0
+    self.metric = self.metric.merge(ConfusionMatrix.from_counts(cm, num_pixels,
+                                                                self.flush_pixels))
 
   def result(self) -> np.ndarray:
-    self._flush()
-    return self._host.copy()
+    return self.metric.compute()
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

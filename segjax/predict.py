@@ -54,7 +54,7 @@ from PIL import Image
 from segjax import checkpoint as ckpt_lib
 from segjax import config as config_lib
 from segjax import evaluate as eval_lib
-from segjax import logging as log_lib
+from segjax import writers
 from segjax import sharding as sharding_lib
 from segjax.data import labels as labels_lib
 from segjax.data import sources
@@ -329,7 +329,8 @@ def restore_variables(workdir: str, config, model, mesh, which: str = 'latest') 
 
 
 class _Progress:
-  """'predict: done/total files | x img/s' on stderr (one redrawn line on a TTY).
+  """A tqdm bar 'predict: done/total files' on a TTY; the closing line
+  'predict: done/total files | x img/s' always.
 
   The rate counts images predicted after the first batch, whose time includes
   compilation, over the time since that batch finished.
@@ -338,10 +339,15 @@ class _Progress:
   def __init__(self, total: int, stream=None):
     self.total = total
     self.stream = stream or sys.stderr
-    self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self.bar = writers.progress(None, total=total, desc='predict', unit='file', file=self.stream)
     self._t_first = None
     self._n_first = 0
+    self._done = 0
     self.images_per_sec = float('nan')
+
+  def _line(self) -> str:
+    rate = f'{self.images_per_sec:.1f} img/s' if math.isfinite(self.images_per_sec) else '- img/s'
+    return f'predict: {self._done}/{self.total} files | {rate}'
 
   def update(self, done: int, predicted: int) -> None:
     now = time.perf_counter()
@@ -349,15 +355,14 @@ class _Progress:
       self._t_first, self._n_first = now, predicted
     elif now > self._t_first:
       self.images_per_sec = (predicted - self._n_first) / (now - self._t_first)
-    rate = f'{self.images_per_sec:.1f} img/s' if math.isfinite(self.images_per_sec) else '- img/s'
-    line = f'predict: {done}/{self.total} files | {rate}'
-    self.stream.write(('\r' + line + '\x1b[K') if self.tty else line + '\n')
-    self.stream.flush()
+    self.bar.update(done - self._done)
+    self._done = done
+    self.bar.set_postfix_str(self._line().split(' | ')[-1], refresh=False)
 
   def close(self) -> None:
-    if self.tty:
-      self.stream.write('\n')
-      self.stream.flush()
+    self.bar.close()
+    self.stream.write(self._line() + '\n')
+    self.stream.flush()
 
 
 def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
@@ -448,7 +453,7 @@ def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
     Image.fromarray(overlay(image, pred, spec, float(alpha))).save(base + '_overlay.png')
     if entropy is not None:
       entropy = _resize_nearest(entropy, (h, w))
-      Image.fromarray(log_lib.uncertainty_image(entropy, spec.num_classes)).save(
+      Image.fromarray(writers.uncertainty_image(entropy, spec.num_classes)).save(
           base + '_uncertainty.png')
 
   def finish(writes, force: bool = False) -> None:

@@ -1,39 +1,39 @@
-r"""A self-contained HTML report of a run, built from its workdir alone.
+r"""A run report built from its workdir alone: Markdown plus matplotlib PNG figures.
 
-  python -m segjax.report --workdir=runs/quickstart    # -> runs/quickstart/report.html
+  python -m segjax.report --workdir=runs/quickstart    # -> runs/quickstart/report/
 
 `write_report(workdir)` reads what training and evaluation leave in the
 workdir: `config.json` (the run header), `metrics.jsonl` (loss, learning-rate
-and validation curves), the `eval_<split>_<step>.json` files (a summary of
-every evaluation, and the per-class table and confusion-matrix heatmap of the
-latest one) and the prediction panels in `images/` (and, from `--mode=eval`,
-`eval_<split>_<step>/panel.png`). Charts are inline SVG and images are
-embedded as base64 PNG, so the one HTML file can be copied anywhere; no
-JavaScript, no external CSS. Nothing needs jax or a checkpoint.
+and validation curves), `eval/<split>_<step>.json` (a summary of every
+evaluation, and the per-class table and confusion matrix of the latest one)
+and the prediction panels in `images/` (and, from `--mode=eval`,
+`eval/<split>_<step>/panel.png`). It writes `<workdir>/report/`:
+`report.md` (header, metrics tables, links to the figures), `curves.png`,
+`confusion.png` and a copy of each panel, so the folder can be copied
+anywhere. Nothing needs jax or a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime
-import html
-import io
 import json
 import math
 import os
 import re
+import shutil
 import sys
 from typing import Any, Optional
 
 import numpy as np
-from PIL import Image
 
-from segjax import plots
+from segjax import figures
 from segjax.data import labels as labels_lib
 
-REPORT_NAME = 'report.html'
-_EVAL_RE = re.compile(r'^eval_(.+)_(\d+)\.json$')
+REPORT_DIR = 'report'
+REPORT_NAME = 'report.md'
+_EVAL_RE = re.compile(r'^(.+)_(\d+)\.json$')
+_OLD_EVAL_RE = re.compile(r'^eval_(.+)_(\d+)\.json$')
 _IMAGE_RE = re.compile(r'^(.+)_(\d+)\.png$')
 NAN_TEXT = 'n/a'
 NAN_CONVENTION = (
@@ -87,7 +87,7 @@ def read_metrics(path: str) -> tuple[dict[str, tuple[list[int], list[float]]], l
         continue
       rows.append(row)
       for key, value in row.items():
-        if key != 'step':
+        if key not in ('step', 'wall_time'):
           series.setdefault(key, {})[step] = _as_float(value)
   out = {}
   for key, by_step in series.items():
@@ -96,16 +96,27 @@ def read_metrics(path: str) -> tuple[dict[str, tuple[list[int], list[float]]], l
   return out, rows, problems
 
 
+def _eval_files(workdir: str) -> list[tuple[str, str, re.Match]]:
+  out = []
+  for directory, pattern in ((os.path.join(workdir, 'eval'), _EVAL_RE),
+                             (workdir, _OLD_EVAL_RE)):
+    if os.path.isdir(directory):
+      for name in sorted(os.listdir(directory)):
+        m = pattern.match(name)
+        path = os.path.join(directory, name)
+        if m and os.path.isfile(path):
+          out.append((path, os.path.relpath(path, workdir), m))
+  return out
+
+
 def find_evals(workdir: str) -> list[dict]:
-  """Every eval_<split>_<step>.json in workdir, sorted by (step, split): dicts
-  with 'path', 'file', 'split' (from the JSON), 'step' and 'result' (the
-  parsed JSON). Unreadable files raise ReportError naming the file."""
+  """Every evaluation JSON of the workdir (<workdir>/eval/<split>_<step>.json;
+  from older runs also <workdir>/eval_<split>_<step>.json), EMA results
+  excluded, sorted by (step, split): dicts with 'path', 'file' (relative to
+  the workdir), 'split' (from the JSON), 'step' and 'result' (the parsed
+  JSON). Unreadable files raise ReportError naming the file."""
   evals = []
-  for name in sorted(os.listdir(workdir)):
-    m = _EVAL_RE.match(name)
-    path = os.path.join(workdir, name)
-    if not m or not os.path.isfile(path):
-      continue
+  for path, rel, m in _eval_files(workdir):
     try:
       with open(path) as f:
         result = json.load(f)
@@ -113,7 +124,7 @@ def find_evals(workdir: str) -> list[dict]:
       raise ReportError(f'{path}: not a readable evaluation JSON ({e})') from None
     if not isinstance(result, dict) or 'IoU' not in result:
       raise ReportError(f"{path}: evaluation JSON without per-class 'IoU'")
-    evals.append({'path': path, 'file': name, 'split': str(result.get('split', m.group(1))),
+    evals.append({'path': path, 'file': rel, 'split': str(result.get('split', m.group(1))),
                   'step': int(result.get('step', m.group(2))), 'result': result})
   evals.sort(key=lambda e: (e['step'], e['split']))
   return evals
@@ -152,7 +163,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------
-# HTML pieces.
+# Markdown pieces.
 
 
 def pct(x: Any) -> str:
@@ -161,26 +172,17 @@ def pct(x: Any) -> str:
   return NAN_TEXT if math.isnan(v) else f'{100 * v:.2f}'
 
 
-def _png_data_uri(image: np.ndarray | Image.Image) -> str:
-  buf = io.BytesIO()
-  img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
-  img.save(buf, format='PNG', optimize=True)
-  return 'data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode('ascii')
+def _cell(text: Any) -> str:
+  return str(text).replace('|', '\\|').replace('\n', ' ')
 
 
-def _table(header: Optional[list[str]], rows: list[list[str]], cls: str = '',
-           raw_cols=()) -> str:
-  """Cells are escaped except columns in raw_cols (already HTML)."""
-  esc = html.escape
-  out = [f'<table class="{cls}">' if cls else '<table>']
-  if header:
-    out.append('<thead><tr>' + ''.join(f'<th>{esc(h)}</th>' for h in header) + '</tr></thead>')
-  out.append('<tbody>')
-  for row in rows:
-    out.append('<tr>' + ''.join(
-        f'<td>{c if i in raw_cols else esc(c)}</td>' for i, c in enumerate(row)) + '</tr>')
-  out.append('</tbody></table>')
-  return '\n'.join(out)
+def md_table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+  """A Markdown table; with `numeric`, columns after the first are right-aligned."""
+  lines = ['| ' + ' | '.join(_cell(h) for h in header) + ' |',
+           '|' + '|'.join('---' if i == 0 or not numeric else '---:'
+                          for i in range(len(header))) + '|']
+  lines += ['| ' + ' | '.join(_cell(c) for c in row) + ' |' for row in rows]
+  return lines
 
 
 def _get(cfg: dict, dotted: str, default: Any = None) -> Any:
@@ -261,25 +263,20 @@ def class_table_rows(result: dict) -> list[list[str]]:
   return rows
 
 
-_CSS = """
-body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1100px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; }
-th { background: #f3f3f3; }
-table.num td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
-table.header td:first-child { font-weight: bold; background: #fafafa; }
-.swatch { display: inline-block; width: 11px; height: 11px; border: 1px solid #888;
-          margin-right: 6px; vertical-align: -1px; }
-.note { color: #555; font-size: 12px; max-width: 900px; }
-.missing { color: #a33; }
-figure { margin: 10px 0; } figcaption { font-size: 12px; color: #555; }
-img.pixel { image-rendering: pixelated; }
-"""
+def curve_panels(series: dict) -> list[tuple[str, dict, bool]]:
+  """The report's curves: loss (train and val), learning rate (log scale),
+  validation mIoU and aAcc."""
+  panels = [('loss (per pixel)', {k: series[k] for k in ('train/loss', 'val/loss')
+                                  if k in series}, False)]
+  if 'train/lr' in series:
+    panels.append(('learning rate', {'train/lr': series['train/lr']}, True))
+  panels.append(('validation mIoU and aAcc (fraction)',
+                 {k: series[k] for k in ('val/mIoU', 'val/aAcc') if k in series}, False))
+  return panels
 
 
-def build_report(workdir: str, *, split: Optional[str] = None) -> str:
-  """The report's HTML text (see write_report)."""
+def build_report(workdir: str, out_dir: str, *, split: Optional[str] = None) -> str:
+  """Writes the figures into out_dir and returns the Markdown text."""
   if not os.path.isdir(workdir):
     raise ReportError(f'workdir {workdir} does not exist')
   config_path = os.path.join(workdir, 'config.json')
@@ -300,128 +297,105 @@ def build_report(workdir: str, *, split: Optional[str] = None) -> str:
   series, rows, bad_lines = read_metrics(metrics_path)
   problems += bad_lines
   evals = find_evals(workdir)
-  chosen_split = split if split is not None else _get(cfg, 'data.val_split')
-  chosen = pick_eval(evals, chosen_split)
-  esc = html.escape
+  chosen = pick_eval(evals, split if split is not None else _get(cfg, 'data.val_split'))
+  os.makedirs(out_dir, exist_ok=True)
   title = f'segjax run: {os.path.basename(os.path.abspath(workdir))}'
-
-  out = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
-         f'<title>{esc(title)}</title>', f'<style>{_CSS}</style>', '</head><body>',
-         f'<h1>{esc(title)}</h1>',
-         f'<p class="note">Generated {datetime.datetime.now().isoformat(timespec="seconds")} '
-         'by segjax.report from the files in the workdir.</p>']
+  out = [f'# {title}', '',
+         f'Generated {datetime.datetime.now().isoformat(timespec="seconds")} by segjax.report '
+         'from the files in the workdir.', '']
   if chosen is not None:
     r = chosen['result']
-    out.append(f'<p><b>{esc(chosen["split"])} @ step {chosen["step"]}</b>: '
-               f'mIoU {pct(r.get("mIoU"))}, aAcc {pct(r.get("aAcc"))}, mAcc {pct(r.get("mAcc"))}, '
-               f'fwIoU {pct(r.get("fwIoU"))}, mDice {pct(r.get("mDice"))} (%) on '
-               f'{r.get("num_examples", "?")} images.</p>')
-  out.append('<h2>Run</h2>')
-  out.append(_table(None, _header_rows(cfg, series, rows, workdir), cls='header'))
+    out += [f'**{chosen["split"]} @ step {chosen["step"]}**: mIoU {pct(r.get("mIoU"))}, '
+            f'aAcc {pct(r.get("aAcc"))}, mAcc {pct(r.get("mAcc"))}, fwIoU {pct(r.get("fwIoU"))}, '
+            f'mDice {pct(r.get("mDice"))} (%) on {r.get("num_examples", "?")} images.', '']
+  out += ['## Run', ''] + md_table(['', ''], _header_rows(cfg, series, rows, workdir), numeric=False) + ['']
   if problems:
-    out.append('<ul class="missing">' + ''.join(f'<li>{esc(p)}</li>' for p in problems) +
-               '</ul>')
+    out += [f'- problem: {p}' for p in problems] + ['']
 
-  # Curves.
-  out.append('<h2>Training curves</h2>')
+  out += ['## Training curves', '']
   if not series:
-    out.append(f'<p class="missing">No metrics logged yet ({esc(metrics_path)} is missing or '
-               'empty).</p>')
+    out += [f'No metrics logged yet ({metrics_path} is missing or empty).', '']
   else:
-    loss = {k: series[k] for k in ('train/loss', 'val/loss') if k in series}
-    out.append(plots.line_chart_svg(loss, title='loss', y_label='loss (per pixel)'))
-    if 'train/lr' in series:
-      out.append(plots.line_chart_svg({'train/lr': series['train/lr']}, title='learning rate',
-                                      y_label='learning rate'))
-    val = {k: series[k] for k in ('val/mIoU', 'val/aAcc') if k in series}
-    if val:
-      out.append(plots.line_chart_svg(val, title='validation mIoU and aAcc', y_label='fraction'))
-    else:
-      out.append('<p class="missing">No validation metrics logged yet.</p>')
+    panels = curve_panels(series)
+    figures.save_png(figures.curves_figure(panels), os.path.join(out_dir, 'curves.png'))
+    out += ['![training curves](curves.png)', '']
+    if not panels[-1][1]:
+      out += ['No validation metrics logged yet.', '']
 
-  # Evaluations.
-  out.append('<h2>Evaluation</h2>')
+  out += ['## Evaluation', '']
   if chosen is None:
-    out.append('<p class="missing">No evaluation yet: no eval_&lt;split&gt;_&lt;step&gt;.json in '
-               f'{esc(os.path.abspath(workdir))}.</p>')
+    out += [f'No evaluation yet: no eval/<split>_<step>.json in {os.path.abspath(workdir)}.', '']
   else:
     summary = [[e['split'], str(e['step']), pct(e['result'].get('aAcc')),
                 pct(e['result'].get('mAcc')), pct(e['result'].get('mIoU')),
                 pct(e['result'].get('fwIoU')), pct(e['result'].get('mDice')),
                 f"{_as_float(e['result'].get('loss')):.4f}",
                 str(e['result'].get('num_examples', '?'))] for e in evals]
-    out.append('<p>Every evaluation in the workdir (%, loss in nats per pixel):</p>')
-    out.append(_table(['split', 'step', 'aAcc', 'mAcc', 'mIoU', 'fwIoU', 'mDice', 'loss',
-                       'images'], summary, cls='num evals'))
+    out += ['Every evaluation in the workdir (%, loss in nats per pixel):', '']
+    out += md_table(['split', 'step', 'aAcc', 'mAcc', 'mIoU', 'fwIoU', 'mDice', 'loss',
+                     'images'], summary) + ['']
     r = chosen['result']
     names = list(r['IoU'])
-    spec = _class_spec(cfg, names)
-    colors = spec.colors
+    colors = _class_spec(cfg, names).colors
     table_rows = class_table_rows(r)
     for i, row in enumerate(table_rows[:-1]):
-      c = colors[i]
-      row[0] = (f'<span class="swatch" style="background:rgb({c[0]},{c[1]},{c[2]})"></span>'
-                f'{esc(row[0])}')
-    table_rows[-1][0] = '<b>mean</b>'
-    out.append(f'<h3 id="per-class">Per class: {esc(chosen["split"])} @ step {chosen["step"]} '
-               f'({esc(chosen["file"])})</h3>')
-    out.append(_table(['class', 'IoU %', 'Acc %', 'Dice %', 'GT pixels', 'predicted pixels'],
-                      table_rows, cls='num per-class', raw_cols=(0,)))
-    out.append(f'<p class="note">{esc(NAN_CONVENTION)} Acc is per-class recall; GT / '
-               'predicted pixels are the confusion-matrix row / column sums.</p>')
+      row.insert(1, '#{:02x}{:02x}{:02x}'.format(*(int(v) for v in colors[i])))
+    table_rows[-1].insert(1, '')
+    table_rows[-1][0] = '**mean**'
+    out += [f'### Per class: {chosen["split"]} @ step {chosen["step"]} ({chosen["file"]})', '']
+    out += md_table(['class', 'colour', 'IoU %', 'Acc %', 'Dice %', 'GT pixels',
+                     'predicted pixels'], table_rows) + ['']
+    out += [f'{NAN_CONVENTION} Acc is per-class recall; GT / predicted pixels are the '
+            'confusion-matrix row / column sums.', '']
     cm = r.get('confusion_matrix')
     if cm is not None:
-      heat = plots.confusion_heatmap(np.asarray(cm, np.int64), names, normalize='true')
-      out.append('<figure><img class="pixel heatmap" alt="confusion matrix" '
-                 f'width="{heat.shape[1]}" height="{heat.shape[0]}" src="{_png_data_uri(heat)}">'
-                 '<figcaption>Confusion matrix of the same evaluation, each row (ground-truth '
-                 'class) divided by its pixel count: a cell is the % of that class predicted as '
-                 'the column class; the diagonal is the per-class Acc. Grey rows: no '
-                 'ground-truth pixels.</figcaption></figure>')
+      figures.save_png(figures.confusion_figure(
+          np.asarray(cm, np.int64), names, title=f'{chosen["split"]} @ step {chosen["step"]}'),
+          os.path.join(out_dir, 'confusion.png'))
+      out += ['![confusion matrix](confusion.png)', '',
+              'Confusion matrix of the same evaluation, each row (ground-truth class) divided '
+              'by its pixel count: a cell is the % of that class predicted as the column '
+              'class; the diagonal is the per-class Acc. Grey rows: no ground-truth pixels.', '']
     else:
-      out.append('<p class="missing">The evaluation JSON has no confusion_matrix.</p>')
+      out += ['The evaluation JSON has no confusion_matrix.', '']
 
-  # Prediction panels.
-  out.append('<h2>Predictions</h2>')
+  out += ['## Predictions', '']
   panels = find_panels(workdir)
   if chosen is not None:
     eval_panel = os.path.join(workdir, os.path.splitext(chosen['file'])[0], 'panel.png')
     if os.path.exists(eval_panel):
       panels.append((f'{chosen["split"]} (eval)', chosen['step'], eval_panel))
   if not panels:
-    out.append('<p class="missing">No prediction panels yet (images/ is empty).</p>')
+    out += ['No prediction panels yet (images/ is empty).', '']
   for name, step, path in panels:
-    with Image.open(path) as im:
-      im.load()
-      uri, (w, h) = _png_data_uri(im.convert('RGB')), im.size
-    scale = 2 if w < 400 else 1
-    out.append(f'<figure><img class="pixel panel" alt="{esc(name)}" width="{w * scale}" '
-               f'height="{h * scale}" src="{uri}"><figcaption>{esc(name)} at step {step} '
-               f'({esc(os.path.relpath(path, workdir))}): each row is image | ground truth '
-               '(ignored pixels black) | prediction [| predictive entropy, black = certain]'
-               '.</figcaption></figure>')
-  out.append('</body></html>')
-  return '\n'.join(out) + '\n'
+    copy = re.sub(r'[^A-Za-z0-9_.-]+', '_', f'panel_{name}_{step:08d}.png')
+    shutil.copyfile(path, os.path.join(out_dir, copy))
+    out += [f'![{name}]({copy})', '',
+            f'{name} at step {step} ({os.path.relpath(path, workdir)}): each row is image | '
+            'ground truth | prediction [| predictive entropy, black = certain]; ignored '
+            'pixels in the legend\'s "ignored" colour.', '']
+  return '\n'.join(out).rstrip('\n') + '\n'
 
 
 def write_report(workdir: str, *, out: Optional[str] = None,
                  split: Optional[str] = None) -> str:
-  """Writes <workdir>/report.html (or `out`) and returns its path.
+  """Writes <workdir>/report/ (or the folder `out`): report.md and its PNG
+  figures; returns the path of report.md.
 
   Args:
-    workdir: a training workdir (config.json, metrics.jsonl, eval_*.json, images/).
-    out: where to write the HTML (default <workdir>/report.html).
+    workdir: a training workdir (config.json, metrics.jsonl, eval/, images/).
+    out: the report folder (default <workdir>/report).
     split: the split whose latest evaluation gets the per-class table and
-      heatmap (default: the config's data.val_split, falling back to the
-      latest evaluation of any split).
+      confusion matrix (default: the config's data.val_split, falling back to
+      the latest evaluation of any split).
 
   Raises:
     ReportError: workdir missing, not a segjax workdir, or an unreadable
       evaluation JSON (named).
   """
-  path = out or os.path.join(workdir, REPORT_NAME)
-  text = build_report(workdir, split=split)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  out_dir = out or os.path.join(workdir, REPORT_DIR)
+  text = build_report(workdir, out_dir, split=split)
+  path = os.path.join(out_dir, REPORT_NAME)
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(text)
@@ -433,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m segjax.report', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='the run directory')
-  parser.add_argument('--out', default=None, help='output HTML (default <workdir>/report.html)')
+  parser.add_argument('--out', default=None, help='report folder (default <workdir>/report)')
   parser.add_argument('--split', default=None,
                       help="split detailed in the per-class table (default the config's "
                            'data.val_split)')

@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from clu import metrics as clu_metrics
+from clu import parameter_overview
 import flax
 import jax
 import jax.numpy as jnp
@@ -37,13 +39,13 @@ from segjax import compile_cache
 from segjax import config as config_lib
 from segjax import control as control_lib
 from segjax import evaluate as eval_lib
-from segjax import logging as log_lib
 from segjax import losses
 from segjax import metrics as metrics_lib
 from segjax import models
 from segjax import optim
 from segjax import preflight
 from segjax import sharding as sharding_lib
+from segjax import writers
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
 from segjax.data import transforms
@@ -67,6 +69,24 @@ class TrainState:
   # Multiplies the optimizer's updates (= its learning rate); lowered by
   # reduce_on_plateau, else 1.
   lr_scale: Any = flax.struct.field(default_factory=lambda: jnp.ones((), jnp.float32))
+
+
+# The train scalars of a log interval: means over its steps, and the learning
+# rate at its last step (not the interval's mean). Built with create() because
+# `from __future__ import annotations` hides the field types from a class body.
+TrainMetrics = clu_metrics.Collection.create(
+    loss=clu_metrics.Average.from_output('loss'),
+    grad_norm=clu_metrics.Average.from_output('grad_norm'),
+    pixel_acc=clu_metrics.Average.from_output('pixel_acc'),
+    lr=clu_metrics.LastValue.from_output('lr'))
+
+
+@jax.jit
+def _merge_metrics(collection, metrics: dict):
+  return collection.merge(TrainMetrics.single_from_model_output(**metrics))
+
+
+_compute_metrics = jax.jit(lambda collection: collection.compute())
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -157,9 +177,9 @@ def init_state(config, model, tx, mesh) -> TrainState:
   # Only the leaves the model has travel to the device.
   from segjax.models import convert  # pylint: disable=g-import-not-at-top
   dropped = convert.dropped_leaves(_variable_shapes(config, model), pretrained, meta)
-  if dropped and jax.process_index() == 0:
-    print(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model does '
-          f'not have are not used: {dropped[:6]}', flush=True)
+  if dropped:
+    writers.info(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model '
+                 f'does not have are not used: {dropped[:6]}')
   return init(rng, pretrained)
 
 
@@ -416,13 +436,12 @@ def _restore(config, model, tx, mesh, ckpt, directory):
               f'rebuilding the iterator from the position of step {step}', flush=True)
       meta['data_restored'] = False
   if not meta.get('data_restored'):
-    if meta.get('data_error') and jax.process_index() == 0:
-      print(f'WARNING: the data iterator state of checkpoint {step} does not fit this input '
-            f'pipeline ({meta["data_error"]}); continuing from the position of step {step}, '
-            'which gives the same batches', flush=True)
+    if meta.get('data_error'):
+      writers.info(f'WARNING: the data iterator state of checkpoint {step} does not fit this '
+                   f'input pipeline ({meta["data_error"]}); continuing from the position of '
+                   f'step {step}, which gives the same batches')
     iterator = None  # Built from the step below.
-  if jax.process_index() == 0:
-    print(f'Resuming from step {step} in {directory}', flush=True)
+  writers.info(f'Resuming from step {step} in {directory}')
   return state, meta, iterator
 
 
@@ -432,10 +451,30 @@ def _set_lr_scale(state: TrainState, scale: float, mesh) -> TrainState:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming if possible), evaluates, and returns the final val metrics."""
+  """Trains (resuming if possible), evaluates, and returns the final val metrics.
+
+  The console lines also go, timestamped, to <workdir>/train.log.
+  """
   config_lib.validate(config)
   compile_cache.setup(config)  # Persistent compilation cache (a no-op when already set).
   os.makedirs(workdir, exist_ok=True)
+  with writers.log_to_file(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _sweep_hparams(workdir: str) -> dict | None:
+  """The overrides of a sweep point (segjax.sweep writes them to
+  sweep_point.json before training it), or None outside a sweep."""
+  path = os.path.join(workdir, 'sweep_point.json')
+  try:
+    with open(path) as f:
+      overrides = json.load(f).get('overrides')
+  except (OSError, ValueError, AttributeError):
+    return None
+  return dict(overrides) if isinstance(overrides, dict) else None
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding_lib.make_mesh()
   sharding_lib.check_batch_size(int(config.batch_size), mesh)
   spec = labels_lib.spec_from_config(config.data)
@@ -454,6 +493,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                    config.checkpoint.best_metric, config.checkpoint.best_mode,
                                    'checkpoint.best'))
   writer = None
+  progress = None
   try:
     ckpt.remove_orphans()
     state, meta, batches = _restore(config, model, tx, mesh, ckpt, ckpt_directory)
@@ -468,17 +508,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = _set_lr_scale(state, controller.lr_scale, mesh)
     # Written once the checkpoint (if any) is known to fit, so a refused
     # config does not overwrite the run's own.
+    config_json = config.to_json_best_effort(indent=1)
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=1))
-    writer = log_lib.MetricWriter(workdir)
+        f.write(config_json)
+    writer = writers.MetricWriter(workdir)
     start_step = int(jax.device_get(state.step))
+    # TensorBoard's text plugin renders Markdown: indent to keep the JSON verbatim.
+    writer.write_text('config', '\n'.join('    ' + l for l in config_json.splitlines()),
+                      start_step)
     last_saved = latest
-    if jax.process_index() == 0 and latest is None:
+    if latest is None:
       n_params = sum(x.size for x in jax.tree.leaves(state.params))
-      print(f'{config.model.name}/{config.model.backbone}: {n_params:,} parameters; '
-            f'{jax.device_count()} device(s) {jax.devices()[0].platform}; '
-            f'training {config.total_steps} steps of batch {config.batch_size}', flush=True)
+      writers.info(f'{config.model.name}/{config.model.backbone}: {n_params:,} parameters; '
+                   f'{jax.device_count()} device(s) {jax.devices()[0].platform}; '
+                   f'training {config.total_steps} steps of batch {config.batch_size}')
+      if jax.process_index() == 0:
+        writers.info(parameter_overview.get_parameter_overview(state.params, include_stats=True))
 
     train_step = jit_train_step(make_train_step(config, model, tx, schedule), mesh)
     eval_step = eval_lib.make_eval_step(model, config, mesh)
@@ -498,11 +544,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_lib.write_result(workdir, val_split, step, ema_res, suffix='_ema')
         res['ema'] = eval_lib.scalar_metrics(ema_res)
       writer.write_scalars(step, eval_lib.scalar_metrics(res), prefix='val/')
-      if panel is not None:
-        mc = int(config.eval.mc_samples) > 1
-        writer.write_image(step, 'val_predictions', log_lib.prediction_panel(
-            panel['image'], panel['label'], panel['pred'], spec.colorize,
-            uncertainty=panel['uncertainty'] if mc else None, num_classes=spec.num_classes))
+      if panel is not None and writer.enabled:
+        writer.write_figure(step, 'val_predictions', eval_lib.panel_figure(
+            panel, config, title=f'{val_split} @ step {step}'))
+      if writer.enabled:
+        writer.write_figure(step, 'val_confusion', eval_lib.confusion_figure(
+            res, title=f'{val_split} @ step {step}'), png=False)
       eval_lib.write_result(workdir, val_split, step, res)
       return res
 
@@ -524,13 +571,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    f'{ckpt_directory}: nothing trained is lost. Fix the cause and run the same '
                    f'command again; it resumes from step {step} and evaluates it first.')
         raise
-      if jax.process_index() == 0:
-        print(f"step {step}: val mIoU {res['mIoU']:.4f} aAcc {res['aAcc']:.4f} "
-              f"loss {res['loss']:.4f}", flush=True)
+      writers.info(f"step {step}: val mIoU {res['mIoU']:.4f} aAcc {res['aAcc']:.4f} "
+                   f"loss {res['loss']:.4f}")
       before = controller.lr_scale
       for message in controller.update(step, eval_lib.scalar_metrics(res)):
-        if jax.process_index() == 0:
-          print(message, flush=True)
+        writers.info(message)
       if controller.lr_scale != before:
         state = _set_lr_scale(state, controller.lr_scale, mesh)
       ckpt.record_eval(step, eval_lib.scalar_metrics(res), controller.state_dict())
@@ -539,15 +584,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if eval_first:
       result, _ = evaluate_saved(start_step)
 
-    if controller.stopped and jax.process_index() == 0:
-      print(f'Early stopping ended this run at step {controller.early_stopping.stopped_step}; '
-            'nothing left to train', flush=True)
+    if controller.stopped:
+      writers.info(f'Early stopping ended this run at step '
+                   f'{controller.early_stopping.stopped_step}; nothing left to train')
     if start_step < total and not controller.stopped:
       if batches is None:
         batches = pipeline.train_iterator(config, start_step, process_index=jax.process_index(),
                                           process_count=jax.process_count())
-      progress = log_lib.Progress(total, start_step, int(config.batch_size))
-      pending = []  # Device metrics since the last log line.
+      progress = writers.TrainProgress(total, start_step, int(config.batch_size))
+      collection = None  # TrainMetrics since the last log line (on device).
+      pending_finite = []  # Per-step finite flags since the last log line.
       prev_finite = None
       t_start = time.perf_counter()
       with _SigtermFlag() as sigterm:
@@ -555,11 +601,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           batch = sharding_lib.to_global(next(batches), mesh)
           ckpt.check_saved()  # A failed background save stops training here.
           if step == start_step:  # Compiled ahead of time, to log how long it took.
+            writers.info(f'compiling the train step (batch {config.batch_size}, '
+                         f'{"x".join(str(v) for v in config.data.crop_size)}) ...')
+            t_compile = time.time()
             train_step, secs, hits = compile_cache.timed_compile(train_step, state, batch, rng)
-            if jax.process_index() == 0:
-              print(compile_cache.compile_message('train step', secs, hits), flush=True)
+            writers.info(compile_cache.compile_message('train step', secs, hits))
           state, metrics = train_step(state, batch, rng)
-          pending.append(metrics)
+          collection = _merge_metrics(
+              TrainMetrics.empty() if collection is None else collection,
+              {k: metrics[k] for k in ('loss', 'grad_norm', 'pixel_acc', 'lr')})
+          if step == start_step:
+            # The metric programs compile here too, so no interval pays for them.
+            jax.block_until_ready((metrics, _compute_metrics(collection)))
+            now = time.time()
+            writers.info(f'compiled in {now - t_compile:.1f} s (first step, compilation '
+                         'included; img/s and ETA count from here)')
+            progress.start(step + 1, now)
+          pending_finite.append(metrics['finite'])
+          progress.advance()
           # Check the previous step's flag while this one runs: stops within one
           # step of a non-finite loss without a host sync on every step.
           if prev_finite is not None and not float(prev_finite):
@@ -569,37 +628,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           is_last = done == total
           if done % int(config.log_every) == 0 or is_last:
             _check_finite(state, config, last_saved, ckpt_directory)
-            host = jax.device_get(pending)
-            means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-            skipped = [done - len(host) + i + 1 for i, m in enumerate(host) if not m['finite']]
-            pending = []
+            means = {k: float(v) for k, v in jax.device_get(_compute_metrics(collection)).items()}
+            finite = jax.device_get(pending_finite)
+            now = time.time()
+            skipped = [done - len(finite) + i + 1 for i, f in enumerate(finite) if not f]
+            collection, pending_finite = None, []
+            means['finite'] = float(np.mean(finite))
             if skipped:
               means['num_nonfinite'] = float(jax.device_get(state.num_nonfinite))
-              if jax.process_index() == 0:
-                progress.newline()
-                print(f'WARNING: skip_nonfinite: steps {skipped[:10]} had a non-finite loss or '
-                      f'gradient and were not applied ({int(means["num_nonfinite"])} so far)',
-                      flush=True)
-            progress.update(done, loss=means['loss'], lr=means['lr'])
-            if math.isfinite(progress.images_per_sec):
-              means['images_per_sec'] = progress.images_per_sec
-            writer.write_scalars(done, means, prefix='train/')
+              writers.info(f'WARNING: skip_nonfinite: steps {skipped[:10]} had a non-finite '
+                           'loss or gradient and were not applied '
+                           f'({int(means["num_nonfinite"])} so far)')
+            line, rate = progress.update(done, now, loss=means['loss'], lr=means['lr'])
+            writers.info(line)
+            if math.isfinite(rate):
+              means['images_per_sec'] = rate
+            writer.write_scalars(done, means, prefix='train/', wall_time=now)
           evaluated = done % int(config.eval_every) == 0 or is_last
           stop = False
-          if evaluated:
-            # Saved before the evaluation, so that no evaluation error costs training.
-            _check_finite(state, config, last_saved, ckpt_directory)
-            save(done, eval_pending=True)
-            progress.newline()
-            result, stop = evaluate_saved(done)
-          preempted = sigterm.reached(ckpt, done)
-          if not evaluated and (preempted or done % int(config.checkpoint_every) == 0):
-            _check_finite(state, config, last_saved, ckpt_directory)
-            save(done)
-          if preempted:
-            ckpt.wait()
-            progress.newline()
-            raise Preempted(done, ckpt_directory)
+          with progress.pause():  # Evaluation and checkpoints are not training time.
+            if evaluated:
+              # Saved before the evaluation, so that no evaluation error costs training.
+              _check_finite(state, config, last_saved, ckpt_directory)
+              save(done, eval_pending=True)
+              result, stop = evaluate_saved(done)
+            preempted = sigterm.reached(ckpt, done)
+            if not evaluated and (preempted or done % int(config.checkpoint_every) == 0):
+              _check_finite(state, config, last_saved, ckpt_directory)
+              save(done)
+            if preempted:
+              ckpt.wait()
+              raise Preempted(done, ckpt_directory)
           if stop:
             break
       writer.write_scalars(final_step, {'train_seconds': time.perf_counter() - t_start},
@@ -607,14 +666,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif result is None:
       result = run_eval(start_step)
     ckpt.wait()
+    hparams = _sweep_hparams(workdir) if writer.enabled else None
+    if hparams:
+      writer.write_hparams(hparams, {f'hparam/{k}': v for k, v in
+                                     eval_lib.scalar_metrics(result).items()
+                                     if k in ('mIoU', 'aAcc', 'mAcc', 'loss')})
   finally:
+    if progress is not None:
+      progress.close()
     ckpt.close()
     if writer is not None:
       writer.close()
-  if jax.process_index() == 0:
-    print(metrics_lib.format_table(
-        result, title=f'{val_split} @ step {final_step}, {result["num_examples"]} images'),
-        flush=True)
-    from segjax import report  # pylint: disable=g-import-not-at-top
-    print(f'Report: {report.write_report(workdir)}', flush=True)
+  writers.info(metrics_lib.format_table(
+      result, title=f'{val_split} @ step {final_step}, {result["num_examples"]} images'))
   return result

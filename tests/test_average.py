@@ -98,7 +98,7 @@ def test_two_handmade_checkpoints_average_to_their_exact_mean(run, tmp_path):
 def test_best_and_latest_select_the_right_steps(run):
   # mIoU per step from the eval JSONs training wrote, independent of checkpoint metas.
   miou = {json.load(open(f))['step']: json.load(open(f))['mIoU']
-          for f in glob.glob(os.path.join(run, 'eval_val_*.json'))}
+          for f in glob.glob(os.path.join(run, 'eval', 'val_*.json'))}
   assert sorted(miou) == [2, 4, 6]
   ranked = sorted(miou, key=lambda s: (-miou[s], s))
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(run), async_save=False)
@@ -137,7 +137,7 @@ def test_output_dir_evaluates_as_the_mean_of_its_sources(run, tmp_path):
   config.eval.checkpoint = 'latest'
   result = evaluate.run(config, out)
   assert result['step'] == 6
-  assert os.path.isfile(os.path.join(out, 'eval_val_00000006.json'))
+  assert os.path.isfile(os.path.join(out, 'eval', 'val_00000006.json'))
 
   # Independently: evaluate the numpy mean of the two source checkpoints.
   model = train.build_model(config)

@@ -57,12 +57,12 @@ def test_ema_is_evaluated_alongside_and_in_eval_mode(tmp_path):
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(c, workdir)
   assert set(result['ema']) >= {'mIoU', 'aAcc'}
-  assert os.path.exists(os.path.join(workdir, 'eval_val_00000004_ema.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', 'val_00000004_ema.json'))
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   assert any('val_ema/mIoU' in r for r in rows)
   out = evaluate.run(c, workdir)
-  with open(os.path.join(workdir, 'eval_val_00000004_ema.json')) as f:
+  with open(os.path.join(workdir, 'eval', 'val_00000004_ema.json')) as f:
     written = json.load(f)
   assert out['ema']['mIoU'] == pytest.approx(written['mIoU'])
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segjax import evaluate
-from segjax import logging as log_lib
+from segjax import writers
 from segjax import models
 from segjax import train
 from tests.test_train import tiny_config
@@ -67,29 +67,31 @@ def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):
   c.eval.mc_samples = 4
   c.eval.num_panel_images = 2
   result = evaluate.run(c, workdir)
-  out = os.path.join(workdir, 'eval_val_00000002')
+  out = os.path.join(workdir, 'eval', 'val_00000002')
   names = sorted(os.listdir(out))
-  assert names == ['0000_pred.png', '0000_uncertainty.png', '0001_pred.png',
-                   '0001_uncertainty.png', 'panel.png']
+  # The 2 panel examples: the first and the last of the 8 (np.linspace(0, 7, 2)).
+  assert names == ['0000_pred.png', '0000_uncertainty.png', '0007_pred.png',
+                   '0007_uncertainty.png', 'panel.png']
   unc = np.asarray(Image.open(os.path.join(out, '0000_uncertainty.png')))
   assert unc.shape == (32, 32, 3)
   assert np.array_equal(unc[..., 0], unc[..., 1]) and np.array_equal(unc[..., 0], unc[..., 2])
   pred = np.asarray(Image.open(os.path.join(out, '0000_pred.png')))
   assert pred.shape == (32, 32, 3)
-  panel = np.asarray(Image.open(os.path.join(out, 'panel.png')))
-  assert panel.shape[1] == 4 * 32 + 3 * 4  # image | truth | prediction | uncertainty.
+  mc_panel_width = Image.open(os.path.join(out, 'panel.png')).size[0]
   assert 0.0 <= result['mIoU'] <= 1.0 and result['num_examples'] == 8
   # Without Monte Carlo sampling: predictions only.
   c.eval.mc_samples = 1
   c.eval.checkpoint = '2'
   c.eval.split = 'train'
   evaluate.run(c, workdir)
-  assert sorted(os.listdir(os.path.join(workdir, 'eval_train_00000002'))) == [
-      '0000_pred.png', '0001_pred.png', 'panel.png']
+  train_out = os.path.join(workdir, 'eval', 'train_00000002')
+  assert sorted(os.listdir(train_out)) == ['0000_pred.png', '0063_pred.png', 'panel.png']
+  # image | truth | prediction | entropy is wider than image | truth | prediction.
+  assert mc_panel_width > Image.open(os.path.join(train_out, 'panel.png')).size[0]
 
 
 def test_uncertainty_image_scale():
   ent = np.array([[0.0, np.log(4) / 2, np.log(4), 5.0]])
-  img = log_lib.uncertainty_image(ent, num_classes=4)
+  img = writers.uncertainty_image(ent, num_classes=4)
   assert img.shape == (1, 4, 3) and img.dtype == np.uint8
   np.testing.assert_array_equal(img[0, :, 0], [0, 128, 255, 255])

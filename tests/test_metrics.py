@@ -175,3 +175,65 @@ def test_eval_split_not_divisible_by_the_batch_size():
     valid = (label >= 0) & (label < k)
     np.add.at(want, (label[valid], pred[valid]), 1)
   np.testing.assert_array_equal(res['confusion_matrix'], want)
+
+
+def _numpy_confusion(labels, preds, num_classes):
+  """cm[t, p] by counting pixel pairs in NumPy; labels outside [0, C) skipped."""
+  lab, prd = np.asarray(labels).ravel(), np.asarray(preds).ravel()
+  keep = (lab >= 0) & (lab < num_classes)
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (lab[keep], prd[keep]), 1)
+  return cm
+
+
+@pytest.mark.parametrize('flush_pixels', [2**30, 2500, 1])
+def test_clu_confusion_metric_matches_numpy_with_ignored_rows(flush_pixels):
+  """Batches merged through the clu Metric equal the NumPy count over all
+  batches; label -1 (padding), 255 (ignore) and >= C rows are not counted,
+  whichever way the host flush falls (never, every few batches, every batch)."""
+  rng = np.random.default_rng(0)
+  c = 5
+  step = jax.jit(lambda l, p: metrics.ConfusionMatrix.from_model_output(l, p, c).device)
+  acc = metrics.ConfusionMatrix.empty(c, flush_pixels)
+  all_labels, all_preds = [], []
+  for _ in range(6):
+    labels = rng.integers(0, c, size=(3, 17, 23))
+    labels[rng.random(labels.shape) < 0.2] = 255
+    labels[0] = -1  # A padded example: a whole ignore row of the batch.
+    labels[1, :2] = c + 3
+    preds = rng.integers(0, c, size=labels.shape)
+    counts = step(jnp.asarray(labels), jnp.asarray(preds))
+    acc = acc.merge(metrics.ConfusionMatrix.from_counts(counts, labels.size, flush_pixels))
+    all_labels.append(labels)
+    all_preds.append(preds)
+  got = acc.compute()
+  want = _numpy_confusion(np.stack(all_labels), np.stack(all_preds), c)
+  assert got.dtype == np.int64
+  np.testing.assert_array_equal(got, want)
+  assert got.sum() == sum(np.sum((l >= 0) & (l < c)) for l in all_labels)
+  # The accumulator used by evaluation gives the same matrix.
+  old = metrics.ConfusionAccumulator(c, flush_pixels)
+  for l, p in zip(all_labels, all_preds):
+    old.add(step(jnp.asarray(l), jnp.asarray(p)), l.size)
+  np.testing.assert_array_equal(old.result(), want)
+  # Two partial accumulations merged (clu's merge contract) give the same too.
+  halves = [metrics.ConfusionMatrix.empty(c, flush_pixels) for _ in range(2)]
+  for i, (l, p) in enumerate(zip(all_labels, all_preds)):
+    halves[i % 2] = halves[i % 2].merge(metrics.ConfusionMatrix.from_counts(
+        step(jnp.asarray(l), jnp.asarray(p)), l.size, flush_pixels))
+  np.testing.assert_array_equal(halves[0].merge(halves[1]).compute(), want)
+
+
+def test_clu_confusion_metric_flushes_before_int32_overflows():
+  """Two batches whose cells each hold 2^31 - 1 (a count int32 cannot double):
+  the host flush makes the sum exact in int64."""
+  big = jnp.full((2, 2), 2**31 - 1, jnp.int32)
+  a = metrics.ConfusionMatrix.from_counts(big, 2**30)
+  b = metrics.ConfusionMatrix.from_counts(big, 2**30)
+  total = a.merge(b).compute()
+  np.testing.assert_array_equal(total, np.full((2, 2), 2 * (2**31 - 1), np.int64))
+  # Small batches stay on device between flushes (no host sync per batch).
+  small = metrics.ConfusionMatrix.from_counts(jnp.ones((2, 2), jnp.int32), 10)
+  merged = small.merge(small)
+  assert merged.pending == 20 and merged.device is not None
+  np.testing.assert_array_equal(merged.compute(), np.full((2, 2), 2))

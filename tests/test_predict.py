@@ -17,7 +17,7 @@ from PIL import Image
 
 from segjax import checkpoint as ckpt_lib
 from segjax import config as config_lib
-from segjax import logging as log_lib
+from segjax import writers
 from segjax import optim
 from segjax import predict
 from segjax import sharding
@@ -262,7 +262,7 @@ def test_mc_dropout_writes_predictive_entropy(input_dir, tmp_path):
       mc.apply(variables, x, train=False, rngs={'dropout': jax.random.fold_in(rng, i)}), -1))
                    for i in range(3)], axis=0)[0]
   entropy = -np.sum(probs * np.log(probs), -1)
-  want = log_lib.uncertainty_image(entropy, 4)
+  want = writers.uncertainty_image(entropy, 4)
   got = np.asarray(Image.open(out / 'a_uncertainty.png'))
   assert got.shape == (32, 32, 3) and got.min() < 128 < got.max()  # Varies over the image.
   assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # Rounding of float sums.

@@ -225,7 +225,7 @@ def test_three_point_sweep_end_to_end_with_interruption(tmp_path):
   rows = {r['run']: r for r in results.collect(str(workdir))}
   assert sorted(rows) == ['lr=0.01', 'lr=0.01,seed=7', 'lr=0.05']
   for name, row in rows.items():
-    with open(workdir / name / 'eval_val_00000004.json') as f:
+    with open(workdir / name / 'eval' / 'val_00000004.json') as f:
       final = json.load(f)
     assert row['status'] == 'done' and row['steps'] == 4 and row['total_steps'] == 4
     assert row['final_mIoU'] == pytest.approx(final['mIoU'], abs=1e-12)
@@ -233,7 +233,7 @@ def test_three_point_sweep_end_to_end_with_interruption(tmp_path):
     assert row['images_per_sec'] > 0
   assert rows['lr=0.01,seed=7']['seed'] == 7 and rows['lr=0.05']['seed'] is None
   # Point 2 evaluated at step 2 (the interrupted session) and at step 4.
-  with open(workdir / 'lr=0.01' / 'eval_val_00000002.json') as f:
+  with open(workdir / 'lr=0.01' / 'eval' / 'val_00000002.json') as f:
     at2 = json.load(f)['mIoU']
   assert rows['lr=0.01']['best_mIoU'] == pytest.approx(max(at2, rows['lr=0.01']['final_mIoU']))
   # launch.py printed the same table.

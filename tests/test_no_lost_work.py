@@ -90,7 +90,7 @@ def test_eval_failure_after_training_keeps_the_steps_and_a_rerun_resumes(tmp_pat
   train.train_and_evaluate(config, workdir)
   out = capsys.readouterr().out
   assert 'Resuming from step 2' in out and 'step 2: val mIoU' in out
-  assert os.path.isfile(os.path.join(workdir, 'eval_val_00000002.json'))
+  assert os.path.isfile(os.path.join(workdir, 'eval', 'val_00000002.json'))
   clean = str(tmp_path / 'clean')
   train.train_and_evaluate(config, clean)
   assert _same_bits(_final_state(config, clean), _final_state(config, workdir)) == []
@@ -98,7 +98,7 @@ def test_eval_failure_after_training_keeps_the_steps_and_a_rerun_resumes(tmp_pat
   for w in (workdir, clean):
     ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(w), async_save=False)
     assert ckpt.read_meta(2)['metrics']['mIoU'] == json.load(
-        open(os.path.join(w, 'eval_val_00000002.json')))['mIoU']
+        open(os.path.join(w, 'eval', 'val_00000002.json')))['mIoU']
     ckpt.close()
 
 

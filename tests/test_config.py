@@ -37,6 +37,9 @@ CONFIG_ARGS = {
     'camvid_sepres_fcn.py': ['', 'split=heldout', 'lab', 'split=heldout,lab,steps=90'],
     'satellite_fcn32s.py': ['', 'steps=100', 'train_images=16,crops_per_image=1'],
     'satellite_deeplabv3_r101.py': ['', 'steps=100'],
+    'satellite_fcn16s_8s.py': ['', 'variant=16s', 'variant=8s,steps=100'],
+    'deeplab_v1_v2.py': ['', 'runlocal', 'crf', 'version=2', 'version=2,runlocal,backbone=resnet50',
+                         'dataset=camvid,crf', 'version=2,dataset=isbi'],
 }
 
 

@@ -37,6 +37,13 @@ MODEL_CONFIGS = {
     'segnet': ('segnet.py', 'dataset=synthetic,runlocal'),
     'bayesian_segnet': ('segnet.py', 'bayesian,dataset=synthetic,runlocal'),
     'dsrfcn': ('dsrfcn.py', 'runlocal'),
+    'sepres_fcn': ('camvid_sepres_fcn.py', 'steps=2'),
+    'deeplabv1': ('deeplab_v1_v2.py', 'runlocal'),
+    # ResNet-50 for the step here: ResNet-101 is the same code, 2x the compile.
+    'deeplabv2': ('deeplab_v1_v2.py', 'version=2,runlocal,backbone=resnet50'),
+    'fcn32s_sat': ('satellite_fcn32s.py', 'steps=2'),
+    'fcn16s_sat': ('satellite_fcn16s_8s.py', 'variant=16s,steps=2'),
+    'fcn8s_sat': ('satellite_fcn16s_8s.py', 'variant=8s,steps=2'),
 }
 
 # (params, batch statistics) at num_classes=21 with the models' own defaults.
@@ -50,6 +57,12 @@ MODEL_PARAMS = {
     'segnet': (29_451_413, 15_872),
     'bayesian_segnet': (29_451_413, 15_872),
     'dsrfcn': (1_109_407, 14_016),
+    'sepres_fcn': (17_847_278, 2_144),       # The CamVid write-up's network.
+    'deeplabv1': (20_505_429, 0),            # LargeFOV: the paper's 20.5M.
+    'deeplabv2': (44_048_532, 105_344),      # ResNet-101 + ASPP-L.
+    'fcn32s_sat': (19_168_661, 960),         # The satellite write-up's FCN.
+    'fcn16s_sat': (19_169_685, 1_984),
+    'fcn8s_sat': (19_168_661, 960),
 }
 BACKBONE_PARAMS = {
     'mobilenetv2': (1_811_712, 31_552),
@@ -66,7 +79,14 @@ BACKBONE_PARAMS = {
 # FCN32s/FCN8s are FCN with another default variant (FCN16s is checked);
 # SegNet is BayesianSegNet without dropout (BayesianSegNet is checked). Each
 # second compiled step costs ~20 s of the cold suite.
-_FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_segnet'}
+_FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_segnet',
+                  'fcn16s_sat': 'fcn32s_sat', 'fcn8s_sat': 'fcn32s_sat'}
+# Narrower widths for the one-step test of models whose full width makes the
+# compile slow on 2 cores (the same code paths; counts are checked above).
+_STEP_KWARGS = {
+    'sepres_fcn': {'stage_channels': (8, 8, 8, 8, 8), 'head_channels': 16},
+    'deeplabv1': {'fc_channels': 16},
+}
 # Configs whose unfrozen training is run end to end elsewhere (encoder and head
 # trained from the same config): only their freeze_encoder step is compiled here.
 _TRAINED_ELSEWHERE = {
@@ -111,6 +131,8 @@ def _one_step(c):
   """One jitted train step on a random batch; returns (state before, after, metrics)."""
   c.data.crop_size = (32, 32)
   c.batch_size = 2
+  if c.data.name == 'folder' and not c.data.root:
+    c.data.root = '/unused'  # The step below makes its own batch.
   c.schedule.warmup_steps = 0  # A warmup would make the first step's learning rate 0.
   config_lib.validate(c)
   model = train.build_model(c)
@@ -144,8 +166,14 @@ def test_config_trains_one_step_and_freeze_encoder_freezes(name):
   with freeze_encoder the encoder's params and BN statistics stay bit-equal
   while the rest still trains."""
   file, arg = MODEL_CONFIGS[name]
+
+  def load_config_for_step():
+    c = load_config(file, arg)
+    c.model.kwargs.update(_STEP_KWARGS.get(name, {}))
+    return c
+
   if name not in _TRAINED_ELSEWHERE:
-    before, after, metrics = _one_step(load_config(file, arg))
+    before, after, metrics = _one_step(load_config_for_step())
     assert np.isfinite(metrics['loss']) and metrics['finite'] == 1.0
     assert int(after.step) == 1
     moved = _changed(before.params, after.params)
@@ -156,7 +184,7 @@ def test_config_trains_one_step_and_freeze_encoder_freezes(name):
 
   if name in _FREEZE_SHARED:
     return  # Same class and encoder code path as _FREEZE_SHARED[name], checked there.
-  c = load_config(file, arg)
+  c = load_config_for_step()
   c.model.freeze_encoder = True
   c.model.allow_random_frozen_encoder = True  # No pretrained weights in tests.
   before, after, metrics = _one_step(c)

@@ -6,8 +6,11 @@ r"""Checkpoint averaging: the mean of several checkpoints of one run, as a new w
       --recompute_bn=50 --evaluate
   python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/x_avg3 --mode=eval
 
-Steps: 'best:K' (the K kept checkpoints with the highest val mIoU stored with
-them; ties go to the earlier step, as Checkpointer.best_step does),
+Steps: 'best:K' (the K kept checkpoints ranked first by the run's
+checkpoint.best_metric, val mIoU by default, stored with them; ties go to the
+earlier step, as Checkpointer.best_step does), 'lowest_loss:K' (the K kept
+checkpoints with the lowest val loss: the satellite write-up's ensemble; train
+with checkpoint.best_metric='loss' and keep_best=K so that they are kept),
 'latest:K' (the K highest kept steps) or a comma-separated list of steps.
 
 `params` are averaged element-wise in float32 (accumulated in the steps' order,
@@ -105,27 +108,37 @@ def select_steps(ckpt: ckpt_lib.Checkpointer, steps_spec: str) -> list[int]:
     raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
   kind, colon, count = spec.partition(':')
   if colon:
-    if kind not in ('best', 'latest') or not count.strip().isdigit() or int(count) < 1:
-      raise ValueError(f"--steps={spec!r}: expected 'best:K', 'latest:K' (K >= 1) or a "
-                       'comma-separated list of steps')
+    if (kind not in ('best', 'latest', 'lowest_loss') or not count.strip().isdigit()
+        or int(count) < 1):
+      raise ValueError(f"--steps={spec!r}: expected 'best:K', 'lowest_loss:K', 'latest:K' "
+                       '(K >= 1) or a comma-separated list of steps')
     k = int(count)
     if kind == 'latest':
       if k > len(kept):
         raise ValueError(f'--steps={spec!r}: only {len(kept)} checkpoints are kept in '
                          f'{ckpt.directory}: steps {kept}')
       return kept[-k:]
+    # best: the rank each checkpoint was saved with (its run's
+    # checkpoint.best_metric, higher is better; val mIoU for older ones);
+    # lowest_loss: the val loss, lowest first, whatever the run ranked by.
+    what = 'val loss' if kind == 'lowest_loss' else 'val rank (checkpoint.best_metric)'
     scored = []
     for step in kept:
-      metrics = ckpt.read_meta(step).get('metrics')
-      value = (metrics or {}).get(ckpt_lib.BEST_METRIC)
+      metrics = ckpt.read_meta(step).get('metrics') or {}
+      if kind == 'lowest_loss':
+        value = metrics.get('loss')
+        value = None if value is None else -float(value)
+      else:
+        value = metrics.get(ckpt_lib.RANK_KEY, metrics.get(ckpt_lib.BEST_METRIC))
       if value is not None and not math.isnan(value):
         scored.append((float(value), step))
     if k > len(scored):
-      have = ', '.join(f'{s} ({ckpt_lib.BEST_METRIC} {v:.4f})' for v, s in sorted(
+      have = ', '.join(f'{s} ({abs(v):.4f})' for v, s in sorted(
           scored, key=lambda t: t[1])) or 'none'
       raise ValueError(f'--steps={spec!r}: only {len(scored)} of the kept checkpoints in '
-                       f'{ckpt.directory} have a val {ckpt_lib.BEST_METRIC}: {have}; kept '
-                       f'steps: {kept}')
+                       f'{ckpt.directory} have a {what}: {have}; kept steps: {kept} (to '
+                       'keep the K lowest-loss checkpoints of a run, train it with '
+                       "checkpoint.best_metric='loss' and checkpoint.keep_best=K)")
     scored.sort(key=lambda t: (-t[0], t[1]))
     return sorted(step for _, step in scored[:k])
   try:
@@ -340,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='the training run')
   parser.add_argument('--steps', required=True,
-                      help="'best:K', 'latest:K' or a comma-separated list of steps")
+                      help="'best:K', 'lowest_loss:K', 'latest:K' or a comma-separated list "
+                           'of steps')
   parser.add_argument('--out', required=True, help='new workdir for the averaged checkpoint')
   parser.add_argument('--recompute_bn', type=int, default=0, metavar='N',
                       help='re-estimate BatchNorm statistics over N training batches '

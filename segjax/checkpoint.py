@@ -1,4 +1,4 @@
-"""Checkpoints: orbax CheckpointManager with keep-N latest plus best-N by val mIoU.
+"""Checkpoints: orbax CheckpointManager with keep-N latest plus best-N by a val metric.
 
 Each checkpoint holds up to three items:
   * 'state': the train state pytree, restored directly into its shardings;
@@ -53,8 +53,22 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint that cannot be read back, or reads back different arrays."""
 
 
+# Scalar stored with each evaluated checkpoint: its best_metric signed so that
+# higher is better. Ranking reads it back, so 'best' means what the run that
+# saved the checkpoint asked for, whoever opens the directory later.
+RANK_KEY = 'checkpoint_rank'
+
+
+def rank_value(metrics: dict, metric: str = BEST_METRIC, mode: str = 'max') -> float:
+  """metrics[metric] if mode is 'max', -metrics[metric] if 'min'; NaN if absent."""
+  value = metrics.get(metric)
+  if value is None or math.isnan(float(value)):
+    return float('nan')
+  return float(value) if mode == 'max' else -float(value)
+
+
 def _best_metric(metrics) -> float:
-  value = metrics.get(BEST_METRIC, float('nan'))
+  value = metrics.get(RANK_KEY, metrics.get(BEST_METRIC, float('nan')))
   return -math.inf if value is None or math.isnan(value) else float(value)
 
 
@@ -185,8 +199,12 @@ class Checkpointer:
   """Save/restore train states in `directory`; keeps the latest and the best."""
 
   def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 1,
-               async_save: bool = True):
+               async_save: bool = True, best_metric: str = BEST_METRIC,
+               best_mode: str = 'max'):
     self.directory = os.path.abspath(directory)
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode={best_mode!r} is not 'max' or 'min'")
+    self.best_metric, self.best_mode = best_metric, best_mode
     preserve = [policies.LatestN(n=keep)]
     if keep_best:
       preserve.append(policies.BestN(get_metric_fn=_best_metric, reverse=False, n=keep_best,
@@ -227,7 +245,9 @@ class Checkpointer:
     scalars = None
     if metrics is not None:
       scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+      scalars[RANK_KEY] = rank_value(scalars, self.best_metric, self.best_mode)
       meta['metrics'] = scalars
+      meta['best_metric'] = {'metric': self.best_metric, 'mode': self.best_mode}
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data_iterator is not None:
       import grain  # pylint: disable=g-import-not-at-top
@@ -357,7 +377,9 @@ class Checkpointer:
     return None
 
   def best_step(self) -> Optional[int]:
-    """The kept step with the highest val mIoU, or None if none was evaluated."""
+    """The kept step ranked first by the best_metric it was saved with (val
+    mIoU for checkpoints older than that key), or None if none was evaluated;
+    ties go to the earlier step."""
     best, best_value = None, -math.inf
     for step in self.all_steps():
       metrics = self.read_meta(step).get('metrics')

@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.output_stride = 16
   c.model.width_multiplier = 1.0
   c.model.freeze_encoder = False
+  # freeze_encoder keeps the encoder at its initial weights, so it needs
+  # model.pretrained; True allows a frozen random encoder (tests, timing).
+  c.model.allow_random_frozen_encoder = False
   c.model.dtype = 'float32'   # Compute dtype; parameters stay float32.
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific extra keywords.
   # Directory written by `python -m segjax.convert` ('' = random init). A
@@ -75,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = (64, 64)  # Training crop (h, w); padded with ignore if needed.
   c.data.mean = (123.675, 116.28, 103.53)  # In [0, 255] pixel units.
   c.data.std = (58.395, 57.12, 57.375)
+  # Model input channels: 'rgb' (the normalised image), or 'bgr_lab': the
+  # normalised image in B, G, R order followed by its CIE L*a*b* channels
+  # (L/50 - 1, a/128, b/128), 6 channels (the separable residual FCN write-up).
+  c.data.input_channels = 'rgb'
   c.data.num_workers = 0      # grain worker processes; 0 = threads in-process.
   c.data.prefetch = 2
   # Synthetic dataset.
@@ -87,13 +94,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.vflip = False
   c.augment.scale_range = (1.0, 1.0)  # Random scale factor range.
   c.augment.rotate_degrees = 0.0      # Uniform in [-d, d]; pads with ignore.
+  # Rotation by an angle drawn from a set (degrees, counter-clockwise) with
+  # probability rotate_prob; () = off. Pads with ignore, as rotate_degrees.
+  c.augment.rotate_angles = ()
+  c.augment.rotate_prob = 0.5
   c.augment.brightness = 0.0          # Photometric jitter strengths, 0 = off.
   c.augment.contrast = 0.0
   c.augment.saturation = 0.0
   c.augment.hue = 0.0
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = 'ce'          # ce | dice_ce | dice
+  c.loss.name = 'ce'          # ce | dice_ce | dice | fbeta_ce
+  # fbeta_ce: CE + (1 - soft F-beta score, the mean over all classes), the
+  # DeepLab write-up's Dice+CE (beta 1 = Dice); smooth is added to both sides.
+  c.loss.fbeta_beta = 1.0
+  c.loss.fbeta_smooth = 1e-5
   c.loss.class_weights = ()   # Empty = unweighted; else num_classes floats.
   c.loss.dice_weight = 1.0
   c.loss.label_smoothing = 0.0
@@ -110,6 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
   c.optimizer.nesterov = False
+  # rmsprop: v <- rho v + (1 - rho) g^2; update lr g / (sqrt(v) + eps) (Keras 2,
+  # the default here), or lr g / sqrt(v + eps) with eps_in_sqrt (Keras 3, optax).
+  c.optimizer.rho = 0.9
+  c.optimizer.eps_in_sqrt = False
   c.optimizer.grad_clip_norm = 0.0  # 0 = off.
 
   c.schedule = ml_collections.ConfigDict()
@@ -165,7 +184,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3
-  c.checkpoint.keep_best = 1  # Extra checkpoints kept by best val mIoU.
+  c.checkpoint.keep_best = 1  # Extra checkpoints kept by the best best_metric.
+  # The validation metric that ranks checkpoints ('best', average best:K), as
+  # early_stopping.metric; mode 'auto' = 'min' for loss, 'max' for the rest.
+  c.checkpoint.best_metric = 'mIoU'
+  c.checkpoint.best_mode = 'auto'
   c.checkpoint.async_save = True
   return c
 
@@ -176,7 +199,8 @@ _CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
     'data.name': ('synthetic', 'folder', 'tfds'),
     'data.mask_format': ('index', 'palette'),
-    'loss.name': ('ce', 'dice_ce', 'dice'),
+    'loss.name': ('ce', 'dice_ce', 'dice', 'fbeta_ce'),
+    'data.input_channels': ('rgb', 'bgr_lab'),
     'eval.mode': ('whole', 'slide'),
     'optimizer.name': ('adam', 'adamw', 'sgd', 'rmsprop'),
     'schedule.name': ('constant', 'poly', 'cosine', 'step'),
@@ -290,9 +314,38 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   vc = given['data.void_color']
   if vc and (len(vc) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in vc)):
     raise ConfigError(f"config key 'data.void_color' must be () or an RGB triple, got {vc!r}")
+  if (given['model.freeze_encoder'] and not given['model.pretrained']
+      and not given['model.allow_random_frozen_encoder']):
+    raise ConfigError(
+        "config key 'model.freeze_encoder' is True but 'model.pretrained' is empty: the "
+        'encoder would stay frozen at its random initialisation. Convert ImageNet weights '
+        'first, e.g. for the TF tutorial U-Net the Keras MobileNetV2 file '
+        '(keras.applications, mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5):'
+        ' python -m segjax.convert --from=keras --arch=mobilenetv2 --weights=<that .h5> '
+        '--out=weights/mobilenetv2_keras, then pass '
+        '--config.model.pretrained=weights/mobilenetv2_keras (python -m segjax.convert --list '
+        'names the other architectures); or set model.allow_random_frozen_encoder=True to '
+        'freeze a random encoder on purpose')
   if given['data.name'] == 'folder' and not given['data.root']:
     raise ConfigError("config key 'data.root' must name the dataset folder when "
                       "data.name='folder'")
+  if given['checkpoint.best_metric'] not in control.METRIC_MODES:
+    raise ConfigError(f"config key 'checkpoint.best_metric' = "
+                      f"{given['checkpoint.best_metric']!r} is not one of "
+                      f'{sorted(control.METRIC_MODES)}')
+  if given['checkpoint.best_mode'] not in ('auto', 'max', 'min'):
+    raise ConfigError(f"config key 'checkpoint.best_mode' = {given['checkpoint.best_mode']!r} "
+                      "is not 'auto', 'max' or 'min'")
+  angles = given['augment.rotate_angles']
+  if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in angles):
+    raise ConfigError("config key 'augment.rotate_angles' must be numbers (degrees), got "
+                      f'{angles!r}')
+  if not 0.0 <= given['augment.rotate_prob'] <= 1.0:
+    raise ConfigError("config key 'augment.rotate_prob' must be in [0, 1], got "
+                      f"{given['augment.rotate_prob']!r}")
+  if not given['loss.fbeta_beta'] > 0 or given['loss.fbeta_smooth'] < 0:
+    raise ConfigError("config keys 'loss.fbeta_beta' must be > 0 and 'loss.fbeta_smooth' "
+                      f">= 0, got {given['loss.fbeta_beta']!r}, {given['loss.fbeta_smooth']!r}")
   for block in ('early_stopping', 'reduce_on_plateau'):
     metric = given[f'{block}.metric']
     if metric:

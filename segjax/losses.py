@@ -74,11 +74,43 @@ def dice_loss(logits: jax.Array, labels: jax.Array, *, smooth: float = 1.0,
   return jnp.sum((1.0 - dice) * present) / jnp.maximum(jnp.sum(present), 1e-12)
 
 
+def fbeta_loss(logits: jax.Array, labels: jax.Array, *, beta: float = 1.0,
+               smooth: float = 1e-5,
+               class_weights: Optional[jax.Array] = None) -> jax.Array:
+  """1 - soft F-beta score, the score averaged over all classes.
+
+  Per class c, over the valid pixels of the whole batch (p softmax, g one-hot):
+    tp = sum p_c g_c,  fp = sum p_c - tp,  fn = sum g_c - tp,
+    F = ((1 + b^2) tp + s) / ((1 + b^2) tp + b^2 fn + fp + s).
+  beta = 1 gives Dice. Unlike dice_loss, classes absent from the batch stay in
+  the mean (their F is s / (fp + s), pushing their probability down), as the
+  DeepLab write-up's Keras loss does. Ignored pixels count in nothing (that
+  loss counts their predictions as false positives). Class weights make the
+  mean a weighted mean.
+  """
+  num_classes = logits.shape[-1]
+  mask = valid_mask(labels, num_classes).astype(jnp.float32)[..., None]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * mask
+  onehot = jax.nn.one_hot(jnp.where(mask[..., 0] > 0, labels, 0), num_classes,
+                          dtype=jnp.float32) * mask
+  axes = tuple(range(logits.ndim - 1))
+  tp = jnp.sum(probs * onehot, axis=axes)
+  fp = jnp.sum(probs, axis=axes) - tp
+  fn = jnp.sum(onehot, axis=axes) - tp
+  b2 = float(beta) ** 2
+  score = ((1 + b2) * tp + smooth) / ((1 + b2) * tp + b2 * fn + fp + smooth)
+  if class_weights is None:
+    return 1.0 - jnp.mean(score)
+  w = jnp.asarray(class_weights, jnp.float32)
+  return 1.0 - jnp.sum(w * score) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def make_loss(name: str, *, class_weights: Sequence[float] = (),
-              dice_weight: float = 1.0, label_smoothing: float = 0.0) -> LossFn:
+              dice_weight: float = 1.0, label_smoothing: float = 0.0,
+              fbeta_beta: float = 1.0, fbeta_smooth: float = 1e-5) -> LossFn:
   """loss(logits, labels) -> scalar for the config's `loss` block."""
   cw = jnp.asarray(class_weights, jnp.float32) if len(class_weights) else None
 
@@ -94,4 +126,7 @@ def make_loss(name: str, *, class_weights: Sequence[float] = (),
     return dice
   if name == 'dice_ce':
     return lambda logits, labels: ce(logits, labels) + dice_weight * dice(logits, labels)
-  raise ValueError(f"loss.name={name!r} is not one of 'ce', 'dice', 'dice_ce'")
+  if name == 'fbeta_ce':
+    return lambda logits, labels: ce(logits, labels) + dice_weight * fbeta_loss(
+        logits, labels, beta=fbeta_beta, smooth=fbeta_smooth, class_weights=cw)
+  raise ValueError(f"loss.name={name!r} is not one of 'ce', 'dice', 'dice_ce', 'fbeta_ce'")

@@ -73,8 +73,12 @@ def make_optimizer(config, params=None) -> tuple[optax.GradientTransformation, o
     tx = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
                      optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
   elif o.name == 'rmsprop':
+    # Keras' RMSprop: zero-initialised accumulator, no bias correction; eps
+    # outside the square root as Keras 2 (eps_in_sqrt=False) or inside as Keras 3.
     tx = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
-                     optax.rmsprop(schedule, decay=o.b2, eps=o.eps, momentum=o.momentum or None))
+                     optax.rmsprop(schedule, decay=float(o.rho), eps=float(o.eps),
+                                   eps_in_sqrt=bool(o.eps_in_sqrt),
+                                   momentum=o.momentum or None))
   else:
     raise ValueError(f'optimizer.name={o.name!r} is not one of adam, adamw, sgd, rmsprop')
   if o.grad_clip_norm:

@@ -45,6 +45,7 @@ from segjax import sharding as sharding_lib
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
 from segjax.data import transforms
+from segjax.models import input_features
 
 
 @flax.struct.dataclass
@@ -82,10 +83,13 @@ class Preempted(Exception):
 
 def build_model(config):
   m = config.model
-  return models.get_model(
+  model = models.get_model(
       m.name, num_classes=int(config.data.num_classes), backbone=m.backbone,
       output_stride=int(m.output_stride), width_multiplier=float(m.width_multiplier),
       freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **m.kwargs.to_dict())
+  if config.data.get('input_channels', 'rgb') == 'bgr_lab':
+    model = input_features.BgrLabInput(model, tuple(config.data.mean), tuple(config.data.std))
+  return model
 
 
 def split_outputs(outputs) -> tuple[jax.Array, jax.Array | None]:
@@ -173,7 +177,9 @@ def make_train_step(config, model, tx, schedule) -> Callable:
   """Pure step(state, batch, rng) -> (state, metrics). Not jitted here."""
   loss_fn = losses.make_loss(config.loss.name, class_weights=tuple(config.loss.class_weights),
                              dice_weight=float(config.loss.dice_weight),
-                             label_smoothing=float(config.loss.label_smoothing))
+                             label_smoothing=float(config.loss.label_smoothing),
+                             fbeta_beta=float(config.loss.fbeta_beta),
+                             fbeta_smooth=float(config.loss.fbeta_smooth))
   num_classes = int(config.data.num_classes)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   aux_weight = float(config.loss.aux_weight)
@@ -364,7 +370,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt_directory = ckpt_lib.checkpoint_dir(workdir)
   ckpt = ckpt_lib.Checkpointer(ckpt_directory, keep=int(config.checkpoint.keep),
                                keep_best=int(config.checkpoint.keep_best),
-                               async_save=bool(config.checkpoint.async_save))
+                               async_save=bool(config.checkpoint.async_save),
+                               best_metric=config.checkpoint.best_metric,
+                               best_mode=control_lib.resolve_mode(
+                                   config.checkpoint.best_metric, config.checkpoint.best_mode,
+                                   'checkpoint.best'))
   writer = None
   try:
     state, meta, batches = _restore(config, model, tx, mesh, ckpt, ckpt_directory)

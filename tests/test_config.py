@@ -33,6 +33,10 @@ CONFIG_ARGS = {
     'camvid.py': ['', 'recipe=cpu', 'split=trainval', 'recipe=cpu,split=trainval',
                   'class_weights=none', 'class_weights=median,output_stride=8',
                   'recipe=cpu,crop=96x144,steps=200'],
+    'pets_unet_tutorial.py': ['', 'dataset=synthetic', 'dataset=synthetic,steps=20'],
+    'camvid_sepres_fcn.py': ['', 'split=heldout', 'lab', 'split=heldout,lab,steps=90'],
+    'satellite_fcn32s.py': ['', 'steps=100', 'train_images=16,crops_per_image=1'],
+    'satellite_deeplabv3_r101.py': ['', 'steps=100'],
 }
 
 
@@ -53,6 +57,8 @@ def test_config_loads_and_validates(name, arg):
   c = load(name, arg)
   if c.data.name == 'folder':
     c.data.root = '/some/dataset'
+  if c.model.freeze_encoder and not c.model.pretrained:
+    c.model.pretrained = '/some/weights'  # A frozen encoder needs converted weights.
   config_lib.validate(c)
   if 'runlocal' in arg:
     assert c.total_steps <= 2000

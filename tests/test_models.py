@@ -80,7 +80,8 @@ def test_registry_and_get_model():
       'deeplabv3': models.DeepLabV3, 'deeplabv3plus': models.DeepLabV3Plus, 'unet': models.UNet,
       'fcn32s': models.FCN32s, 'fcn16s': models.FCN16s, 'fcn8s': models.FCN8s,
       'segnet': models.SegNet, 'bayesian_segnet': models.BayesianSegNet,
-      'dsrfcn': models.DSRFCN}
+      'dsrfcn': models.DSRFCN, 'sepres_fcn': models.SepResFCN,
+      'deeplabv1': models.DeepLabV1, 'deeplabv2': models.DeepLabV2}
   m = models.get_model('deeplabv3plus', num_classes=5, dtype='bfloat16', aspp_rates=[1, 2, 3],
                        aspp_channels=32)
   assert isinstance(m, models.DeepLabV3Plus)

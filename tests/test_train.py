@@ -46,6 +46,7 @@ def tiny_config(model='deeplabv3plus', **overrides):
     c.model.name = 'unet'
     c.model.output_stride = 32
     c.model.freeze_encoder = True
+    c.model.allow_random_frozen_encoder = True  # No pretrained weights in tests.
   elif model != 'deeplabv3plus':
     raise ValueError(f'tiny_config: unknown model {model!r}')
   c = shrink_model(c)

@@ -158,6 +158,7 @@ def test_config_trains_one_step_and_freeze_encoder_freezes(name):
     return  # Same class and encoder code path as _FREEZE_SHARED[name], checked there.
   c = load_config(file, arg)
   c.model.freeze_encoder = True
+  c.model.allow_random_frozen_encoder = True  # No pretrained weights in tests.
   before, after, metrics = _one_step(c)
   assert np.isfinite(metrics['loss'])
   moved = _changed(before.params, after.params)

@@ -100,6 +100,15 @@ def random_rotate(image, label, rng: np.random.Generator, max_degrees: float,
   return rotate(image, label, rng.uniform(-max_degrees, max_degrees), ignore_label)
 
 
+def random_rotate_from(image, label, rng: np.random.Generator, angles: Sequence[float],
+                       prob: float, ignore_label: int):
+  """With probability `prob`, rotates by an angle drawn uniformly from `angles`
+  (the satellite write-up's {20, 30, ..., 75}); otherwise returns the input."""
+  if not angles or prob <= 0 or rng.uniform() >= prob:
+    return image, label
+  return rotate(image, label, float(angles[int(rng.integers(len(angles)))]), ignore_label)
+
+
 def _grayscale(x: np.ndarray) -> np.ndarray:
   return x @ _LUMA
 
@@ -175,7 +184,8 @@ def _resize_size(data_config):
 
 
 class TrainTransform(grain.transforms.RandomMap):
-  """resize? -> random scale -> pad/crop -> flips -> rotate -> colour jitter.
+  """resize? -> random scale -> pad/crop -> flips -> rotate (uniform, then from
+  a set) -> colour jitter.
 
   Reads the config once into plain values so that it pickles cheaply into
   grain worker processes. Output: image uint8 (crop_h, crop_w, 3) and label
@@ -191,6 +201,8 @@ class TrainTransform(grain.transforms.RandomMap):
     self.hflip = bool(a.hflip)
     self.vflip = bool(a.vflip)
     self.rotate_degrees = float(a.rotate_degrees)
+    self.rotate_angles = tuple(float(v) for v in a.get('rotate_angles', ()))
+    self.rotate_prob = float(a.get('rotate_prob', 0.5))
     self.jitter = dict(brightness=float(a.brightness), contrast=float(a.contrast),
                        saturation=float(a.saturation), hue=float(a.hue))
 
@@ -205,6 +217,8 @@ class TrainTransform(grain.transforms.RandomMap):
     if self.vflip and rng.uniform() < 0.5:
       image, label = vflip(image, label)
     image, label = random_rotate(image, label, rng, self.rotate_degrees, self.ignore_label)
+    image, label = random_rotate_from(image, label, rng, self.rotate_angles, self.rotate_prob,
+                                      self.ignore_label)
     image = color_jitter(image, rng, **self.jitter)
     out = dict(element)
     out['image'] = np.ascontiguousarray(image)

@@ -18,11 +18,14 @@ from typing import Any
 import flax.linen as nn
 
 from segjax.models import layers
+from segjax.models.deeplabv1 import DeepLabV1
+from segjax.models.deeplabv2 import DeepLabV2
 from segjax.models.deeplabv3 import DeepLabV3
 from segjax.models.deeplabv3plus import DeepLabV3Plus
 from segjax.models.dsrfcn import DSRFCN
 from segjax.models.fcn import FCN8s, FCN16s, FCN32s
 from segjax.models.segnet import BayesianSegNet, SegNet
+from segjax.models.sepres_fcn import SepResFCN
 from segjax.models.unet import UNet
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -35,6 +38,9 @@ MODELS: dict[str, type[nn.Module]] = {
     'segnet': SegNet,
     'bayesian_segnet': BayesianSegNet,
     'dsrfcn': DSRFCN,
+    'sepres_fcn': SepResFCN,
+    'deeplabv1': DeepLabV1,
+    'deeplabv2': DeepLabV2,
 }
 
 
@@ -73,5 +79,6 @@ def get_model(name: str, *, num_classes: int, backbone: str | None = None,
                       **kwargs)
 
 
-__all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV3', 'DeepLabV3Plus', 'FCN8s', 'FCN16s',
-           'FCN32s', 'SegNet', 'UNet', 'get_model', 'model_kwargs']
+__all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV1', 'DeepLabV2', 'DeepLabV3',
+           'DeepLabV3Plus', 'FCN8s', 'FCN16s', 'FCN32s', 'SegNet', 'SepResFCN', 'UNet',
+           'get_model', 'model_kwargs']

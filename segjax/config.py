@@ -236,8 +236,15 @@ def _type_ok(value, default) -> bool:
   return True
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks `config` against the schema; raises ConfigError naming the key."""
+def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
+             processes: int | None = None) -> ml_collections.ConfigDict:
+  """Checks `config` against the schema; raises ConfigError naming the key.
+
+  Every check that relates two keys lives here too (see _check_cross_keys),
+  each failure one line naming the keys and their values. `devices` and
+  `processes` (jax.device_count(), jax.process_count()), when given, are
+  checked against the batch sizes.
+  """
   schema = _flatten(base_config())
   given = _flatten(config)
   for key, value in given.items():
@@ -260,8 +267,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not given[key] > 0:
       raise ConfigError(f"config key '{key}' must be > 0, got {given[key]!r}")
 
+  if given['data.num_classes'] < 1:
+    raise ConfigError(f"config key 'data.num_classes' must be > 0, got "
+                      f"{given['data.num_classes']!r}; set it with --config.data.num_classes=N")
   for key in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
-              'eval.batch_size', 'optimizer.lr', 'checkpoint.keep', 'data.num_classes'):
+              'eval.batch_size', 'optimizer.lr', 'checkpoint.keep'):
     positive(key)
   if given['eval.mc_samples'] < 1:
     raise ConfigError("config key 'eval.mc_samples' must be >= 1, got "
@@ -304,7 +314,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     spec = labels_lib.spec_from_config(config.data)
     labels_lib.LabelMapper(spec, config.data.label_map)
   except ValueError as e:
-    raise ConfigError(f'data label spec: {e}') from None
+    hint = ''
+    if 'has' in str(e) and 'num_classes' in str(e):  # A names/palette length mismatch.
+      n = given['data.num_classes']
+      hint = (f'; give {n} with --config.data.class_names / --config.data.palette, or () '
+              f'for class_0..class_{n - 1} and a generated palette')
+    raise ConfigError(f'data label spec: {e}{hint}') from None
   cw = given['loss.class_weights']
   if cw and len(cw) != spec.num_classes:
     raise ConfigError(f"config key 'loss.class_weights' has {len(cw)} values but "
@@ -327,8 +342,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         'names the other architectures); or set model.allow_random_frozen_encoder=True to '
         'freeze a random encoder on purpose')
   if given['data.name'] == 'folder' and not given['data.root']:
-    raise ConfigError("config key 'data.root' must name the dataset folder when "
-                      "data.name='folder'")
+    raise ConfigError("config key 'data.root' is empty but data.name='folder' reads a "
+                      'folder: set it with --config.data.root=/path/to/dataset')
   if given['checkpoint.best_metric'] not in control.METRIC_MODES:
     raise ConfigError(f"config key 'checkpoint.best_metric' = "
                       f"{given['checkpoint.best_metric']!r} is not one of "
@@ -363,7 +378,49 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       given['eval.checkpoint']).isdigit():
     raise ConfigError("config key 'eval.checkpoint' must be 'latest', 'best' or a step "
                       f"number, got {given['eval.checkpoint']!r}")
+  if not 0.0 <= given['augment.hue'] <= 0.5:
+    raise ConfigError(f"config key 'augment.hue' must be in [0, 0.5], got {given['augment.hue']!r}")
+  _check_cross_keys(given, devices, processes)
   return config
+
+
+def _check_cross_keys(given: dict, devices: int | None, processes: int | None) -> None:
+  """The checks that relate keys to each other (given: the flattened config)."""
+
+  def fail(keys, why):
+    named = ', '.join(f"'{k}' = {given[k]!r}" for k in keys)
+    raise ConfigError(f'config keys {named}: {why}')
+
+  total, warmup = given['total_steps'], given['schedule.warmup_steps']
+  if warmup < 0 or warmup >= total:
+    fail(('schedule.warmup_steps', 'total_steps'),
+         'the warm-up must end before the last step (0 <= warmup_steps < total_steps)')
+  if given['schedule.name'] == 'step':
+    bounds = given['schedule.boundaries']
+    if not bounds:
+      fail(('schedule.name', 'schedule.boundaries'),
+           "a step schedule needs boundaries, e.g. (0.5, 0.75) (fractions of total_steps)")
+    steps = [int(round(b * total)) if b < 1 else int(b) for b in bounds]
+    if sorted(steps) != steps or any(b <= warmup or b >= total for b in steps):
+      fail(('schedule.boundaries', 'schedule.warmup_steps', 'total_steps'),
+           f'the boundaries are steps {steps}; they must increase and lie inside '
+           f'({warmup}, {total})')
+  for key in ('batch_size', 'eval.batch_size'):
+    for count, what in ((devices, 'devices'), (processes, 'processes')):
+      if count and given[key] % count:
+        raise ConfigError(f"config key '{key}' = {given[key]!r} is not divisible by the "
+                          f'{count} {what} it is split over')
+  # A training crop larger than every (scaled) image is mostly ignore padding.
+  base = given['data.resize'] or (given['data.synthetic_size']
+                                  if given['data.name'] == 'synthetic' else ())
+  if base:
+    top = given['augment.scale_range'][1]
+    (ch, cw), (bh, bw) = given['data.crop_size'], base
+    if ch > bh * top or cw > bw * top:
+      source = 'data.resize' if given['data.resize'] else 'data.synthetic_size'
+      fail(('data.crop_size', source, 'augment.scale_range'),
+           'the crop is larger than the largest scaled image; every crop would be padded '
+           'with ignored pixels')
 
 
 def _tuples(value):

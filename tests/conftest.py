@@ -15,3 +15,9 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'segjax_test_jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+# The XLA:CPU flags every entry point sets (importing segjax does not); in
+# os.environ, so that subprocesses inherit them.
+from segjax import platform  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+platform.configure_xla_cpu()

@@ -20,6 +20,7 @@ import pytest
 from segjax import config as config_lib
 from segjax import models
 from segjax import optim
+from segjax import rng as rng_lib
 from segjax import sharding
 from segjax import train
 from segjax.models import backbones
@@ -84,7 +85,7 @@ def load_config(name, arg):
 
 def count(module, hw=(64, 64)):
   shapes = jax.eval_shape(lambda: module.init(
-      {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+      dict(zip(rng_lib.INIT_STREAMS, jax.random.split(jax.random.key(0)))),
       jnp.zeros((1, *hw, 3)), train=False))
   return (sum(x.size for x in jax.tree.leaves(shapes['params'])),
           sum(x.size for x in jax.tree.leaves(shapes.get('batch_stats', {}))))

@@ -36,6 +36,8 @@ CONFIG_ARGS = {
         '', 'runlocal', 'bayesian', 'bayesian,mc_samples=8,dataset=synthetic,runlocal',
         'dataset=folder,runlocal'],
     'dsrfcn.py': ['', 'runlocal', 'dataset=camvid', 'dataset=folder'],
+    'deeplab_v1_v2.py': ['', 'runlocal', 'variant=v1', 'variant=v1,runlocal,dataset=isbi',
+                         'dataset=folder'],
     'camvid.py': ['', 'recipe=cpu', 'split=trainval', 'recipe=cpu,split=trainval',
                   'class_weights=none', 'class_weights=median,output_stride=8',
                   'recipe=cpu,crop=96x144,steps=200', 'backbone=xception65'],

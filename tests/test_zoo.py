@@ -38,6 +38,9 @@ MODEL_CONFIGS = {
     'segnet': ('segnet.py', 'dataset=synthetic,runlocal'),
     'bayesian_segnet': ('segnet.py', 'bayesian,dataset=synthetic,runlocal'),
     'dsrfcn': ('dsrfcn.py', 'runlocal'),
+    'deeplabv1': ('deeplab_v1_v2.py', 'variant=v1,runlocal'),
+    'deeplabv2': ('deeplab_v1_v2.py', 'runlocal'),
+    'sepres_fcn': ('camvid_sepres_fcn.py', ''),
 }
 
 # (params, batch statistics) at num_classes=21 with the models' own defaults.
@@ -51,6 +54,12 @@ MODEL_PARAMS = {
     'segnet': (29_451_413, 15_872),
     'bayesian_segnet': (29_451_413, 15_872),
     'dsrfcn': (1_109_407, 14_016),
+    # VGG16 convs + fc6 3x3x512x1024 + fc7 1024x1024 + fc8 1024x21 (with biases).
+    'deeplabv1': (20_505_429, 0),
+    # ResNet-101 + four 3x3x2048x21 classifiers with biases.
+    'deeplabv2': (44_048_532, 105_344),
+    # tests/test_models_reference.py's hand count at 21 classes (checked below).
+    'sepres_fcn': (17_847_278, 2_144),
 }
 BACKBONE_PARAMS = {
     'mobilenetv2': (1_811_712, 31_552),
@@ -68,11 +77,25 @@ BACKBONE_PARAMS = {
 # SegNet is BayesianSegNet without dropout (BayesianSegNet is checked). Each
 # second compiled step costs ~20 s of the cold suite.
 _FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_segnet'}
+# DeepLab v1/v2: the VGG16 and ResNet-101 encoders whose freezing fcn16s and
+# deeplabv3 (ResNet, the same backbone class) check; the freeze is the
+# optimizer's mask over params['backbone'] and the encoder's BatchNorm mode.
+_FREEZE_SHARED.update({'deeplabv1': 'fcn16s', 'deeplabv2': 'deeplabv3'})
 # Configs whose unfrozen training is run end to end elsewhere (encoder and head
 # trained from the same config): only their freeze_encoder step is compiled here.
 _TRAINED_ELSEWHERE = {
     'deeplabv3plus': 'tests/test_e2e.py::test_readme_command_trains_resumes_and_prints_table',
     'unet': 'tests/test_e2e.py::test_unet_tutorial_config_on_tfds_pets',
+}
+
+
+# Configs whose one jitted step costs minutes of a 2-core CPU (ResNet-101; the
+# separable FCN's 7x7x2048 conv6): their configs load and validate
+# (tests/test_config.py), the networks' structure, counts and freezing are
+# tested at small widths in tests/test_models_reference.py.
+_TOO_COSTLY_TO_STEP = {
+    'deeplabv2': 'tests/test_models_reference.py::test_deeplabv2_structure_at_224',
+    'sepres_fcn': 'tests/test_models_reference.py::test_sepres_fcn_pads_odd_sizes_and_freezes',
 }
 
 
@@ -103,6 +126,15 @@ def test_model_parameter_counts(name):
   assert count(models.get_model(name, num_classes=21)) == MODEL_PARAMS[name]
 
 
+def test_hand_counts_agree():
+  from tests import test_models_reference  # pylint: disable=g-import-not-at-top
+  assert test_models_reference._sepres_counts_by_hand(3, 21) == MODEL_PARAMS['sepres_fcn']
+  vgg, resnet101 = BACKBONE_PARAMS['vgg16'][0], BACKBONE_PARAMS['resnet101'][0]
+  assert MODEL_PARAMS['deeplabv1'][0] == (vgg + 3 * 3 * 512 * 1024 + 1024 + 1024 * 1024 + 1024
+                                         + 1024 * 21 + 21)
+  assert MODEL_PARAMS['deeplabv2'][0] == resnet101 + 4 * (3 * 3 * 2048 * 21 + 21)
+
+
 @pytest.mark.parametrize('name', sorted(BACKBONE_PARAMS))
 def test_backbone_parameter_counts(name):
   assert count(backbones.make_backbone(name, parent=None)) == BACKBONE_PARAMS[name]
@@ -113,6 +145,8 @@ def _one_step(c):
   c.data.crop_size = (32, 32)
   c.batch_size = 2
   c.schedule.warmup_steps = 0  # A warmup would make the first step's learning rate 0.
+  if c.data.name == 'folder':
+    c.data.root = '/never/read'  # A random batch below; the config needs a root to validate.
   config_lib.validate(c)
   model = train.build_model(c)
   tx, schedule = optim.make_optimizer(c)
@@ -145,6 +179,8 @@ def test_config_trains_one_step_and_freeze_encoder_freezes(name):
   with freeze_encoder the encoder's params and BN statistics stay bit-equal
   while the rest still trains."""
   file, arg = MODEL_CONFIGS[name]
+  if name in _TOO_COSTLY_TO_STEP:
+    pytest.skip(f'one step costs minutes on a CPU; see {_TOO_COSTLY_TO_STEP[name]}')
   if name not in _TRAINED_ELSEWHERE:
     before, after, metrics = _one_step(load_config(file, arg))
     assert np.isfinite(metrics['loss']) and metrics['finite'] == 1.0

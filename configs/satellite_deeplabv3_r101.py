@@ -21,10 +21,11 @@ from configs import satellite_fcn32s
 
 
 def get_config(arg=None):
-  c = satellite_fcn32s.recipe(arg)
+  c, _ = satellite_fcn32s.recipe(arg)
   c.model.name = 'deeplabv3'
   c.model.backbone = 'resnet101'
   c.model.output_stride = 8
   c.model.kwargs.multi_grid = None
   c.model.kwargs.aux_head = False
+  c.model.kwargs.padding = 'SYMMETRIC'  # torchvision's, as its converted weights expect.
   return c

@@ -14,6 +14,7 @@ import os
 import ml_collections
 
 from segjax import control
+from segjax import crf as crf_lib
 from segjax.data import labels as labels_lib
 
 # Keys whose value is model-specific: any keyword the model class accepts.
@@ -157,6 +158,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.stride = ()
   c.eval.scales = (1.0,)
   c.eval.flip = False
+  # Fully connected CRF on the predicted probabilities (segjax/crf.py, DeepLab
+  # v1/v2): mean-field `iterations` with an appearance kernel (weight, xy and
+  # RGB widths) and a smoothness kernel (weight, xy width), Potts labels.
+  # source_stride 1 is exact (O(pixels^2): small images); s > 1 sums the
+  # appearance kernel over every s-th row/column (full-size images).
+  c.eval.crf = ml_collections.ConfigDict()
+  c.eval.crf.enabled = False
+  c.eval.crf.iterations = 10
+  c.eval.crf.appearance_weight = 4.0
+  c.eval.crf.appearance_xy_std = 121.0
+  c.eval.crf.appearance_rgb_std = 5.0
+  c.eval.crf.smoothness_weight = 3.0
+  c.eval.crf.smoothness_xy_std = 3.0
+  c.eval.crf.source_stride = 1
 
   # Exponential moving average of the weights (and BatchNorm statistics):
   # 0 = off; e.g. 0.999. Evaluated alongside the raw weights (val_ema/*,
@@ -378,6 +393,11 @@ def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
       given['eval.checkpoint']).isdigit():
     raise ConfigError("config key 'eval.checkpoint' must be 'latest', 'best' or a step "
                       f"number, got {given['eval.checkpoint']!r}")
+  if given['eval.crf.enabled']:
+    try:
+      crf_lib.DenseCRF.from_config(config)
+    except ValueError as e:
+      raise ConfigError(f"config block 'eval.crf': {e}") from None
   if not 0.0 <= given['augment.hue'] <= 0.5:
     raise ConfigError(f"config key 'augment.hue' must be in [0, 0.5], got {given['augment.hue']!r}")
   _check_cross_keys(given, devices, processes)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segjax import crf as crf_lib
 from segjax import metrics as metrics_lib
 from segjax.models import layers
 from segjax import sharding as sharding_lib
@@ -54,6 +55,7 @@ class Inference:
   stride: tuple[int, int] | None = None
   scales: tuple[float, ...] = (1.0,)
   flip: bool = False
+  crf: crf_lib.DenseCRF | None = None  # Dense CRF on the probabilities (eval.crf).
 
   @classmethod
   def from_config(cls, config) -> 'Inference':
@@ -61,7 +63,8 @@ class Inference:
     crop = tuple(int(v) for v in (e.crop_size or config.data.crop_size))
     stride = tuple(int(v) for v in e.stride) or tuple(max(1, (2 * c) // 3) for c in crop)
     return cls(mode=str(e.mode), crop=crop, stride=stride,
-               scales=tuple(float(v) for v in e.scales), flip=bool(e.flip))
+               scales=tuple(float(v) for v in e.scales), flip=bool(e.flip),
+               crf=crf_lib.DenseCRF.from_config(config))
 
   @property
   def is_tta(self) -> bool:
@@ -119,8 +122,13 @@ def predict_log_probs(model, variables, images: jax.Array, rng: jax.Array,
   (`inference.scales`, `inference.flip`) and Monte Carlo dropout
   (`mc_samples` > 1, `model` from mc_model) give the log of the mean softmax
   over all views and samples; sample i uses dropout key fold_in(rng, i).
+  With `inference.crf`, those probabilities are refined by the dense CRF.
   """
   inference = inference or Inference()
+  if inference.crf is not None:  # Mean-field CRF on top of the probabilities below.
+    log_probs = predict_log_probs(model, variables, images, rng, mc_samples,
+                                  dataclasses.replace(inference, crf=None))
+    return inference.crf.refine(log_probs, images)
   h, w = images.shape[1:3]
 
   def probs_of_sample(key):

@@ -36,14 +36,16 @@ CONFIG_ARGS = {
         '', 'runlocal', 'bayesian', 'bayesian,mc_samples=8,dataset=synthetic,runlocal',
         'dataset=folder,runlocal'],
     'dsrfcn.py': ['', 'runlocal', 'dataset=camvid', 'dataset=folder'],
-    'deeplab_v1_v2.py': ['', 'runlocal', 'variant=v1', 'variant=v1,runlocal,dataset=isbi',
+    'deeplab_v1_v2.py': ['', 'runlocal', 'version=2', 'version=2,runlocal,dataset=isbi',
+                         'version=2,backbone=resnet50', 'crf', 'dataset=camvid,crf',
                          'dataset=folder'],
     'camvid.py': ['', 'recipe=cpu', 'split=trainval', 'recipe=cpu,split=trainval',
                   'class_weights=none', 'class_weights=median,output_stride=8',
                   'recipe=cpu,crop=96x144,steps=200', 'backbone=xception65'],
     'pets_unet_tutorial.py': ['', 'dataset=synthetic', 'dataset=synthetic,steps=20'],
     'camvid_sepres_fcn.py': ['', 'split=heldout', 'lab', 'split=heldout,lab,steps=90'],
-    'satellite_fcn32s.py': ['', 'steps=100', 'train_images=16,crops_per_image=1'],
+    'satellite_fcn32s.py': ['', 'steps=100', 'train_images=16,crops_per_image=1',
+                            'variant=16s', 'variant=8s,steps=50'],
     'satellite_deeplabv3_r101.py': ['', 'steps=100', 'train_images=16,crops_per_image=1'],
 }
 # Files whose docstring documents their arguments by pointing at another file.

@@ -81,7 +81,9 @@ def test_registry_and_get_model():
       'fcn32s': models.FCN32s, 'fcn16s': models.FCN16s, 'fcn8s': models.FCN8s,
       'segnet': models.SegNet, 'bayesian_segnet': models.BayesianSegNet,
       'dsrfcn': models.DSRFCN, 'sepres_fcn': models.SepResFCN,
-      'deeplabv1': models.DeepLabV1, 'deeplabv2': models.DeepLabV2}
+      'deeplabv1': models.DeepLabV1, 'deeplabv2': models.DeepLabV2,
+      'fcn32s_sat': models.FCN32sSat, 'fcn16s_sat': models.FCN16sSat,
+      'fcn8s_sat': models.FCN8sSat}
   m = models.get_model('deeplabv3plus', num_classes=5, dtype='bfloat16', aspp_rates=[1, 2, 3],
                        aspp_channels=32)
   assert isinstance(m, models.DeepLabV3Plus)

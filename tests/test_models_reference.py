@@ -258,3 +258,56 @@ def test_deeplabv2_structure_at_224():
 def test_deeplab_argument_errors(name, kwargs, needle):
   with pytest.raises(ValueError, match=needle):
     models.get_model(name, num_classes=21, **kwargs)
+
+
+# ------------------------------------------------------------- satellite VGG16-FCN
+
+
+@pytest.mark.parametrize('variant', ['32s', '16s', '8s'])
+def test_fcn_sat_parameter_count_by_hand(variant):
+  """VGG-16 convs + 1x1 conv6/conv7 (512) + five 3x3 transposed convs with
+  bias (512, 512, 256, 128, 64, 32) + BNs + 1x1 classifier to 7 classes;
+  bn1 only where it is used (16s)."""
+  params = sum(9 * cin * cout + cout for cin, cout in _VGG16_CONVS)
+  params += 2 * (512 * 512 + 512)  # conv6, conv7.
+  widths = (512, 512, 256, 128, 64, 32)
+  params += sum(9 * cin * cout + cout for cin, cout in zip(widths[:-1], widths[1:]))
+  bn_channels = [256, 128, 64, 32] + ([512] if variant == '16s' else [])
+  params += 2 * sum(bn_channels)
+  params += 32 * 7 + 7
+  model = models.get_model(f'fcn{variant}_sat', num_classes=7)
+  _, variables = _abstract(model, (1, 64, 64, 3))
+  assert _count(variables['params']) == params
+  assert _count(variables['batch_stats']) == 2 * sum(bn_channels)
+  # The write-up's module defines bn1 in every variant: its state dict has
+  # 2 * 512 more parameters (and statistics) in 32s / 8s.
+  assert params == {'32s': 19_168_199, '16s': 19_169_223, '8s': 19_168_199}[variant]
+
+
+@pytest.mark.parametrize('variant', ['32s', '16s', '8s'])
+def test_fcn_sat_structure_at_256(variant):
+  """The write-up's size comments at 256x256: pool5 8x8x512, deconv1..5 at
+  16/32/64/128/256 with 512/256/128/64/32 channels, logits 256x256x7."""
+  model = models.get_model(f'fcn{variant}_sat', num_classes=7, backbone='vgg16',
+                           output_stride=32)
+  logits, state = _abstract(model, (1, 256, 256, 3), capture=True)
+  assert logits.shape == (1, 256, 256, 7)
+  inter = state['intermediates']
+  assert inter['conv7']['__call__'][0].shape == (1, 8, 8, 512)
+  calls = {'8s': 2}.get(variant, 1)
+  assert len(inter['deconv2']['__call__']) == calls  # 8s: pool4 goes through deconv2 too.
+  for i, (side, c) in enumerate(((16, 512), (32, 256), (64, 128), (128, 64), (256, 32)),
+                                start=1):
+    assert inter[f'deconv{i}']['__call__'][0].shape == (1, side, side, c)
+    assert state['params'][f'deconv{i}']['kernel'].shape[:2] == (3, 3)
+  assert ('bn1' in state['params']) == (variant == '16s')
+
+
+def test_fcn_sat_pads_odd_sizes_and_errors():
+  model = models.get_model('fcn32s_sat', num_classes=3)
+  out, _ = _abstract(model, (1, 50, 70, 3))
+  assert out.shape == (1, 50, 70, 3)
+  for kwargs, needle in (({'backbone': 'vgg16_bn'}, 'vgg16_bn'), ({'output_stride': 8}, '8'),
+                         ({'width_multiplier': 0.5}, '0.5'), ({'variant': '4s'}, '4s')):
+    with pytest.raises(ValueError, match=needle):
+      models.get_model('fcn32s_sat', num_classes=3, **kwargs)

@@ -21,6 +21,7 @@ from segjax import config as config_lib
 from segjax import iou_report
 from segjax import losses
 from segjax import optim
+from segjax import sharding
 from segjax import train
 from segjax.data import color
 from segjax.data import dlcv
@@ -343,3 +344,67 @@ def test_dlcv_layout_decodes_colours_and_ignores_unknown(tmp_path):
   os.remove(os.path.join(root, 'validation', '0001_mask.png'))
   with pytest.raises(ValueError, match='0001_sat.jpg: no mask'):
     dlcv.pairs(root, 'validation')
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_path):
+  """The satellite recipe (crops, flips, rotation from the set, StepLR, keep
+  the three lowest-val-loss checkpoints) on a generated dataset in the DLCV
+  layout, with a tiny model; the ensemble averages exactly the three steps
+  whose eval JSONs report the lowest val loss."""
+  root = str(tmp_path / 'p2_data')
+  dlcv.write_generated(root, 'train', 8, size=40)
+  dlcv.write_generated(root, 'validation', 2, size=32)
+  dlcv.write_list_files(root)
+  c = load('satellite_fcn32s.py', 'train_images=8,crops_per_image=1,steps=5')
+  assert c.checkpoint.keep_best == 3 and c.augment.rotate_prob == 0.5
+  c.data.root = root
+  c.data.crop_size = (32, 32)
+  # A small, quick-to-compile model in place of VGG16-FCN32s.
+  c.model.name, c.model.backbone, c.model.output_stride = 'dsrfcn', 'dsrfcn', 32
+  c.model.width_multiplier = 0.25
+  c.eval.batch_size = 2
+  c.eval.num_panel_images = 0
+  c.checkpoint.keep = 1
+  c.checkpoint.async_save = False
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config_lib.validate(c), workdir)
+  losses_by_step = {}
+  for name in os.listdir(workdir):
+    if name.startswith('eval_validation_') and name.endswith('.json'):
+      with open(os.path.join(workdir, name)) as f:
+        r = json.load(f)
+      losses_by_step[r['step']] = r['loss']
+  assert sorted(losses_by_step) == [1, 2, 3, 4, 5]
+  lowest = sorted(sorted(losses_by_step, key=lambda s: (losses_by_step[s], s))[:3])
+  out = str(tmp_path / 'ensemble')
+  res = average.average(workdir, 'lowest_loss:3', out)
+  assert res['steps'] == lowest
+  # The averaged score32 kernel is the mean of the three checkpoints'.
+  mesh_abstract = train.abstract_state(c, train.build_model(c), sharding.make_mesh())
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  kernels = [np.asarray(ckpt.restore(s, mesh_abstract)[0].params['score32']['kernel'])
+             for s in lowest]
+  ckpt.close()
+  avg_ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), async_save=False)
+  avg_state, _ = avg_ckpt.restore(avg_ckpt.latest_step(), mesh_abstract)
+  avg_ckpt.close()
+  np.testing.assert_allclose(np.asarray(avg_state.params['score32']['kernel']),
+                             np.mean(kernels, axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_camvid_sepres_lab_config_builds_a_six_channel_stem():
+  """The CamVid config's own model with lab: the stem convolves 6 channels
+  (shapes only, nothing compiled)."""
+  c = load('camvid_sepres_fcn.py', 'lab')
+  model = train.build_model(c)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))
+  stem = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(shapes['params'])
+          if 'stem' in jax.tree_util.keystr(path) and leaf.ndim == 4]
+  assert stem == [(3, 3, 6, 16)]
+  logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False),
+                          shapes)
+  assert logits.shape == (2, 224, 224, 12)

@@ -38,9 +38,12 @@ MODEL_CONFIGS = {
     'segnet': ('segnet.py', 'dataset=synthetic,runlocal'),
     'bayesian_segnet': ('segnet.py', 'bayesian,dataset=synthetic,runlocal'),
     'dsrfcn': ('dsrfcn.py', 'runlocal'),
-    'deeplabv1': ('deeplab_v1_v2.py', 'variant=v1,runlocal'),
-    'deeplabv2': ('deeplab_v1_v2.py', 'runlocal'),
+    'deeplabv1': ('deeplab_v1_v2.py', 'runlocal'),
+    'deeplabv2': ('deeplab_v1_v2.py', 'version=2,runlocal'),
     'sepres_fcn': ('camvid_sepres_fcn.py', ''),
+    'fcn32s_sat': ('satellite_fcn32s.py', ''),
+    'fcn16s_sat': ('satellite_fcn32s.py', 'variant=16s'),
+    'fcn8s_sat': ('satellite_fcn32s.py', 'variant=8s'),
 }
 
 # (params, batch statistics) at num_classes=21 with the models' own defaults.
@@ -60,6 +63,10 @@ MODEL_PARAMS = {
     'deeplabv2': (44_048_532, 105_344),
     # tests/test_models_reference.py's hand count at 21 classes (checked below).
     'sepres_fcn': (17_847_278, 2_144),
+    # tests/test_models_reference.py's hand counts at 7 classes + 14 x (32 + 1).
+    'fcn32s_sat': (19_168_661, 960),
+    'fcn16s_sat': (19_169_685, 1_984),
+    'fcn8s_sat': (19_168_661, 960),
 }
 BACKBONE_PARAMS = {
     'mobilenetv2': (1_811_712, 31_552),
@@ -80,7 +87,8 @@ _FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_seg
 # DeepLab v1/v2: the VGG16 and ResNet-101 encoders whose freezing fcn16s and
 # deeplabv3 (ResNet, the same backbone class) check; the freeze is the
 # optimizer's mask over params['backbone'] and the encoder's BatchNorm mode.
-_FREEZE_SHARED.update({'deeplabv1': 'fcn16s', 'deeplabv2': 'deeplabv3'})
+_FREEZE_SHARED.update({'deeplabv1': 'fcn16s', 'deeplabv2': 'deeplabv3',
+                       'fcn16s_sat': 'fcn32s_sat', 'fcn8s_sat': 'fcn32s_sat'})
 # Configs whose unfrozen training is run end to end elsewhere (encoder and head
 # trained from the same config): only their freeze_encoder step is compiled here.
 _TRAINED_ELSEWHERE = {
@@ -133,6 +141,9 @@ def test_hand_counts_agree():
   assert MODEL_PARAMS['deeplabv1'][0] == (vgg + 3 * 3 * 512 * 1024 + 1024 + 1024 * 1024 + 1024
                                          + 1024 * 21 + 21)
   assert MODEL_PARAMS['deeplabv2'][0] == resnet101 + 4 * (3 * 3 * 2048 * 21 + 21)
+  seven = {'32s': 19_168_199, '16s': 19_169_223, '8s': 19_168_199}  # Ibid., 7 classes.
+  for v, n in seven.items():
+    assert MODEL_PARAMS[f'fcn{v}_sat'][0] == n + 14 * 32 + 14
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONE_PARAMS))

@@ -24,6 +24,7 @@ from segjax.models.deeplabv3 import DeepLabV3
 from segjax.models.deeplabv3plus import DeepLabV3Plus
 from segjax.models.dsrfcn import DSRFCN
 from segjax.models.fcn import FCN8s, FCN16s, FCN32s
+from segjax.models.fcn_sat import FCN8sSat, FCN16sSat, FCN32sSat
 from segjax.models.segnet import BayesianSegNet, SegNet
 from segjax.models.sepres_fcn import SepResFCN
 from segjax.models.unet import UNet
@@ -41,6 +42,9 @@ MODELS: dict[str, type[nn.Module]] = {
     'sepres_fcn': SepResFCN,
     'deeplabv1': DeepLabV1,
     'deeplabv2': DeepLabV2,
+    'fcn32s_sat': FCN32sSat,
+    'fcn16s_sat': FCN16sSat,
+    'fcn8s_sat': FCN8sSat,
 }
 
 
@@ -80,5 +84,6 @@ def get_model(name: str, *, num_classes: int, backbone: str | None = None,
 
 
 __all__ = ['MODELS', 'BayesianSegNet', 'DSRFCN', 'DeepLabV1', 'DeepLabV2', 'DeepLabV3',
-           'DeepLabV3Plus', 'FCN8s', 'FCN16s', 'FCN32s', 'SegNet', 'SepResFCN', 'UNet',
+           'DeepLabV3Plus', 'FCN8s', 'FCN8sSat', 'FCN16s', 'FCN16sSat', 'FCN32s',
+           'FCN32sSat', 'SegNet', 'SepResFCN', 'UNet',
            'get_model', 'model_kwargs']

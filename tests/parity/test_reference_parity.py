@@ -266,3 +266,81 @@ def test_deeplabv2_matches_torch_construction():
     want = _nhwc(peer(torch.from_numpy(x)).numpy())
   got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _nhwc(x))
   util.check('torch ResNet-101 + ASPP-L vs segjax deeplabv2 logits (57x70)', got, want)
+
+
+# ------------------------------------------------------------- satellite VGG16-FCN
+
+
+def _torch_fcn_sat(torch, torchvision, variant, num_classes):
+  """The satellite write-up's FCN{variant} forward pass, on torchvision's
+  vgg16 features (pool3/pool4/pool5 = features[16]/[23]/[30] outputs)."""
+  nn = torch.nn
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features = torchvision.models.vgg16(weights=None).features
+      self.conv6 = nn.Conv2d(512, 512, 1)
+      self.conv7 = nn.Conv2d(512, 512, 1)
+      widths = (512, 512, 256, 128, 64, 32)
+      for i in range(1, 6):
+        setattr(self, f'deconv{i}', nn.ConvTranspose2d(widths[i - 1], widths[i], 3, stride=2,
+                                                       padding=1, output_padding=1))
+        setattr(self, f'bn{i}', nn.BatchNorm2d(widths[i]))
+      self.classifier = nn.Conv2d(32, num_classes, 1)
+
+    def forward(self, x):
+      pools = {}
+      for i, layer in enumerate(self.features):
+        x = layer(x)
+        pools[i] = x
+      x3, x4, x5 = pools[16], pools[23], pools[30]
+      relu = torch.relu
+      s = relu(self.deconv1(relu(self.conv7(relu(self.conv6(x5))))))
+      if variant == '8s':
+        s = self.bn2(relu(self.deconv2(s)) + relu(self.deconv2(x4)) + x3)
+      else:
+        if variant == '16s':
+          s = self.bn1(s + x4)
+        s = self.bn2(relu(self.deconv2(s)))
+      for i in (3, 4, 5):
+        s = getattr(self, f'bn{i}')(relu(getattr(self, f'deconv{i}')(s)))
+      return self.classifier(s)
+
+  return Net().eval()
+
+
+@pytest.mark.parametrize('variant', ['32s', '16s', '8s'])
+def test_fcn_sat_matches_torch_construction(variant):
+  torch = pytest.importorskip('torch', reason=util.PEERS)
+  torchvision = pytest.importorskip('torchvision', reason=util.PEERS)
+  from segjax.models import fcn_sat
+  from segjax.models.convert import vgg as vgg_convert
+  torch.manual_seed(0)
+  peer = _torch_fcn_sat(torch, torchvision, variant, 7)
+  util.randomize_torch_bn(peer, seed=5)
+  _randomize_torch_biases(peer, seed=6)
+  state = util.torch_weights(peer)
+  encoder = common.SourceWeights({k: v for k, v in state.items() if k.startswith('features.')})
+  variables = {'params': {'backbone': vgg_convert.convert_torchvision_vgg(
+      encoder, depth=16, include_fc=False)['params']}}
+  head = common.SourceWeights({k: v for k, v in state.items() if not k.startswith('features.')})
+  for name in ('conv6', 'conv7', 'classifier'):
+    common.put_module(variables, name, common.torch_conv_params(head, name, bias=True))
+  for i in range(1, 6):
+    common.put_module(variables, f'deconv{i}', {
+        'kernel': common.torch_conv_transpose(head.take(f'deconv{i}.weight')),
+        'bias': head.take(f'deconv{i}.bias')})
+    if i > 1 or variant == '16s':
+      common.put_module(variables, f'bn{i}', *common.torch_bn(head, f'bn{i}'))
+  # The write-up's modules define bn1 everywhere but use it in 16s only.
+  head.check_all_used(ignore=(*common.TORCH_IGNORE, *(() if variant == '16s' else ('bn1.*',))))
+  model = fcn_sat.FCNSat(num_classes=7, variant=variant)
+  check_matches(variables, _init_shapes(model, (1, 64, 96, 3)))
+  x = _input((1, 3, 64, 96), seed=7)
+  with torch.no_grad():
+    want = _nhwc(peer(torch.from_numpy(x)).numpy())
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, _nhwc(x))
+  util.check(f'torch satellite FCN{variant} vs segjax fcn{variant}_sat logits (64x96)', got,
+             want)

@@ -84,26 +84,31 @@ BACKBONE_PARAMS = {
 # SegNet is BayesianSegNet without dropout (BayesianSegNet is checked). Each
 # second compiled step costs ~20 s of the cold suite.
 _FREEZE_SHARED = {'fcn32s': 'fcn16s', 'fcn8s': 'fcn16s', 'segnet': 'bayesian_segnet'}
-# DeepLab v1/v2: the VGG16 and ResNet-101 encoders whose freezing fcn16s and
-# deeplabv3 (ResNet, the same backbone class) check; the freeze is the
+# DeepLab v1/v2 and the satellite FCN-32s: the VGG16 and ResNet-101 encoders
+# whose freezing fcn16s and deeplabv3 (ResNet, the same backbone class) check; the freeze is the
 # optimizer's mask over params['backbone'] and the encoder's BatchNorm mode.
-_FREEZE_SHARED.update({'deeplabv1': 'fcn16s', 'deeplabv2': 'deeplabv3',
-                       'fcn16s_sat': 'fcn32s_sat', 'fcn8s_sat': 'fcn32s_sat'})
+_FREEZE_SHARED.update({'deeplabv1': 'fcn16s', 'deeplabv2': 'deeplabv3', 'fcn32s_sat': 'fcn16s'})
 # Configs whose unfrozen training is run end to end elsewhere (encoder and head
 # trained from the same config): only their freeze_encoder step is compiled here.
 _TRAINED_ELSEWHERE = {
     'deeplabv3plus': 'tests/test_e2e.py::test_readme_command_trains_resumes_and_prints_table',
     'unet': 'tests/test_e2e.py::test_unet_tutorial_config_on_tfds_pets',
+    'fcn32s_sat': 'tests/test_reference_recipes.py::test_dlcv_layout_decodes_colours_and_'
+                  'ignores_unknown',
 }
 
 
 # Configs whose one jitted step costs minutes of a 2-core CPU (ResNet-101; the
-# separable FCN's 7x7x2048 conv6): their configs load and validate
+# separable FCN's 7x7x2048 conv6; the satellite FCNs' 512-channel transposed
+# convolutions, whose 32s sibling trains in tests/test_reference_recipes.py):
+# their configs load and validate
 # (tests/test_config.py), the networks' structure, counts and freezing are
 # tested at small widths in tests/test_models_reference.py.
 _TOO_COSTLY_TO_STEP = {
     'deeplabv2': 'tests/test_models_reference.py::test_deeplabv2_structure_at_224',
     'sepres_fcn': 'tests/test_models_reference.py::test_sepres_fcn_pads_odd_sizes_and_freezes',
+    'fcn16s_sat': 'tests/test_models_reference.py::test_fcn_sat_structure_at_256',
+    'fcn8s_sat': 'tests/test_models_reference.py::test_fcn_sat_structure_at_256',
 }
 
 

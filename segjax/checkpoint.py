@@ -42,7 +42,8 @@ BEST_METRIC = 'mIoU'
 
 # Config keys that decide the shapes of the train state; named in mismatch errors.
 IDENTITY_KEYS = ('model.name', 'model.backbone', 'model.width_multiplier', 'model.kwargs',
-                 'model.freeze_encoder', 'data.num_classes', 'optimizer.name', 'ema.decay')
+                 'model.freeze_encoder', 'data.num_classes', 'data.input_channels',
+                 'optimizer.name', 'ema.decay')
 
 
 class CheckpointMismatchError(ValueError):

@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.fbeta_beta = 1.0
   c.loss.fbeta_smooth = 1e-5
   c.loss.class_weights = ()   # Empty = unweighted; else num_classes floats.
-  c.loss.dice_weight = 1.0
+  c.loss.dice_weight = 1.0     # Weight of the Dice (dice_ce) or F-beta (fbeta_ce) term.
   c.loss.label_smoothing = 0.0
   # Weight of the auxiliary head's loss for models that have one (model
   # kwargs aux_head=True); 0.4 as in PSPNet / mmsegmentation.

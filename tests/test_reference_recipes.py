@@ -408,3 +408,21 @@ def test_camvid_sepres_lab_config_builds_a_six_channel_stem():
   logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), train=False),
                           shapes)
   assert logits.shape == (2, 224, 224, 12)
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('checkpoint.best_metric', 'accuracy', 'checkpoint.best_metric'),
+    ('checkpoint.best_mode', 'lowest', 'checkpoint.best_mode'),
+    ('augment.rotate_prob', 1.5, 'augment.rotate_prob'),
+    ('augment.rotate_angles', ('20',), 'augment.rotate_angles'),
+    ('loss.fbeta_beta', 0.0, 'loss.fbeta_beta'),
+    ('loss.name', 'fbeta', 'loss.name'),
+    ('data.input_channels', 'lab', 'data.input_channels'),
+])
+def test_new_keys_are_validated(key, value, match):
+  c = config_lib.base_config()
+  section, _, leaf = key.rpartition('.')
+  with c[section].ignore_type():
+    c[section][leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(c)

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from segjax import config as config_lib
 from segjax import evaluate
+from segjax import platform
 from segjax import sharding
 from segjax import sweep
 from segjax import train
@@ -76,6 +77,7 @@ def run_sweep(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  platform.configure_xla_cpu()  # Before jax creates a backend (distributed init below).
   if not flags.FLAGS['verbosity'].present:
     # orbax and grain log every save/restore at INFO; -v 0 brings that back.
     logging.set_verbosity(logging.WARNING)

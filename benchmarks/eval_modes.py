@@ -23,12 +23,14 @@ import jax  # noqa: E402
 
 from segjax import checkpoint as ckpt_lib  # noqa: E402
 from segjax import config as config_lib  # noqa: E402
+from segjax import platform  # noqa: E402
 from segjax import evaluate  # noqa: E402
 from segjax import sharding  # noqa: E402
 from segjax import train  # noqa: E402
 
 
 def main(argv=None) -> int:
+  platform.configure_xla_cpu()  # Before jax creates a backend.
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)

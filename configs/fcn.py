@@ -8,11 +8,16 @@ is exactly torchvision's fcn_resnet50 (output stride 8, no skips, aux head).
 
 Arguments:
   runlocal          shrink the run for a 2-core CPU
-  dataset=NAME      synthetic (default) | camvid | isbi | pets
+  dataset=NAME      synthetic (default) | camvid | isbi | pets | folder
   variant=V         8s (default) | 16s | 32s
   backbone=NAME     vgg16 (default) | resnet50 | resnet101
   upsample=MODE     bilinear (default) | transposed (learnable, bilinear init, as the paper)
   torchvision       torchvision's fcn_resnet50/101 layout (needs backbone=resnet50|101)
+
+The recipe (torchvision's segmentation reference): SGD with momentum 0.9, lr
+0.02 at batch 32 (0.01 at 16), weight decay 1e-4, poly decay (power 0.9); crop,
+augmentation and run length per dataset from configs/common.py's TRAINING
+table. runlocal: AdamW at the table's rate, batch 8 and 300 steps.
 
   python launch.py --config=configs/fcn.py:runlocal --workdir=runs/fcn8s
   python launch.py --config=configs/fcn.py:variant=32s,backbone=resnet50 --workdir=runs/fcn32s
@@ -30,18 +35,23 @@ def get_config(arg=None):
   if a.torchvision and not a.backbone.startswith('resnet'):
     raise ValueError(f'torchvision needs backbone=resnet50|resnet101, got {a.backbone!r}')
   c = config_lib.base_config()
-  common.set_dataset(c, a.dataset)
+  common.dataset(c, a.dataset, a.runlocal)
   c.model.name = 'fcn32s' if a.torchvision else f'fcn{a.variant}'
   c.model.backbone = a.backbone
   c.model.output_stride = 8 if a.torchvision else 32
   c.model.kwargs.upsample = a.upsample
   if a.torchvision:
     c.model.kwargs.aux_head = True
-  common.recipe(c, a.dataset, a.runlocal)
+  c.schedule.name = 'poly'
+  c.schedule.power = 0.9
+  c.optimizer.weight_decay = 1e-4
   if not a.runlocal:
-    # torchvision's segmentation reference: SGD lr 0.02 at batch 32 (0.01 at
-    # 16), momentum 0.9, weight decay 1e-4, poly 0.9.
-    common.paper_sgd(c, lr=0.01)
+    c.optimizer.name = 'sgd'
+    c.optimizer.lr = 0.01
+    c.optimizer.momentum = 0.9
   else:
-    common.shorten_for_cpu(c)
+    c.optimizer.name = 'adamw'
+    c.batch_size = 8
+    c.total_steps = 300
+    c.eval_every = c.checkpoint_every = min(c.eval_every, 300)
   return c

@@ -47,7 +47,7 @@ def get_config(arg=None):
   if a.dataset not in ('pets', 'synthetic'):
     raise ValueError(f"dataset={a.dataset!r}: expected 'pets' or 'synthetic'")
   c = config_lib.base_config()
-  common.set_dataset(c, a.dataset)
+  common.apply(c, common.DATASETS[a.dataset])
   c.model.name = 'unet'
   c.model.backbone = 'mobilenetv2'
   c.model.output_stride = 32

@@ -21,7 +21,7 @@ from configs import satellite_fcn32s
 
 
 def get_config(arg=None):
-  c = satellite_fcn32s.recipe(arg)
+  c, _ = satellite_fcn32s.recipe(arg)
   c.model.name = 'deeplabv3'
   c.model.backbone = 'resnet101'
   c.model.output_stride = 8

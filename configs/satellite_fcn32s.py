@@ -12,6 +12,8 @@ the three checkpoints with the lowest val loss are kept and averaged.
 
 Arguments (after ':' in --config; configs/satellite_deeplabv3_r101.py takes the same):
   steps=N            total_steps (default 30 epochs)
+  variant=V          32s (default, the write-up's) | 16s | 8s: fcn16s_sat /
+                     fcn8s_sat add the pool4 (and pool3) skips (this file only)
   train_images=N     training tiles (default 2000, the DLCV train split)
   crops_per_image=N  random crops per tile per epoch (default 6: the write-up
                      crops each tile 6 times); one epoch is
@@ -35,10 +37,11 @@ from segjax.data import dlcv
 ROTATION_ANGLES = (20.0, 30.0, 35.0, 40.0, 45.0, 55.0, 65.0, 75.0)
 
 
-def recipe(arg=None):
-  """The data, augmentation, optimizer, schedule and checkpoint policy of
-  both satellite configs; the model is the caller's."""
-  a = common.parse_arg(arg, steps=0, train_images=2000, crops_per_image=6)
+def recipe(arg=None, **more_args):
+  """(config, parsed arguments): the data, augmentation, optimizer, schedule
+  and checkpoint policy of both satellite configs; the model is the caller's,
+  and so are `more_args` (its own arguments with their defaults)."""
+  a = common.parse_arg(arg, steps=0, train_images=2000, crops_per_image=6, **more_args)
   if a.train_images < 1 or a.crops_per_image < 1:
     raise ValueError(f'train_images={a.train_images}, crops_per_image={a.crops_per_image}: '
                      'both must be >= 1')
@@ -75,12 +78,14 @@ def recipe(arg=None):
   c.checkpoint.best_metric = 'loss'
   c.checkpoint.best_mode = 'min'
   c.checkpoint.keep_best = 3
-  return c
+  return c, a
 
 
 def get_config(arg=None):
-  c = recipe(arg)
-  c.model.name = 'fcn32s_sat'
+  c, a = recipe(arg, variant='32s')
+  if a.variant not in ('32s', '16s', '8s'):
+    raise ValueError(f'variant={a.variant!r} is not one of 32s, 16s, 8s')
+  c.model.name = f'fcn{a.variant}_sat'
   c.model.backbone = 'vgg16'
   c.model.output_stride = 32
   return c

@@ -9,7 +9,7 @@ taps, and a final transposed conv to 3 classes.
 Arguments:
   runlocal          a few hundred steps at batch 16 (and synthetic data unless
                     dataset= is given)
-  dataset=NAME      pets (default) | synthetic | camvid | isbi
+  dataset=NAME      pets (default) | synthetic | camvid | isbi | folder
   freeze_encoder    keep the encoder fixed (the tutorial's down_stack.trainable = False)
 
   python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=~/tensorflow_datasets
@@ -25,7 +25,9 @@ def get_config(arg=None):
   a = common.parse_arg(arg, runlocal=False, dataset='', freeze_encoder=False)
   dataset = a.dataset or ('synthetic' if a.runlocal else 'pets')
   c = config_lib.base_config()
-  common.set_dataset(c, dataset)
+  if dataset not in common.DATASETS:
+    raise ValueError(f'unknown dataset {dataset!r}; accepted: {tuple(common.DATASETS)}')
+  common.apply(c, common.DATASETS[dataset])
   c.model.name = 'unet'
   c.model.backbone = 'mobilenetv2'
   c.model.output_stride = 32
@@ -53,7 +55,7 @@ def get_config(arg=None):
   elif dataset == 'camvid':
     c.data.resize = (192, 256)
     c.data.crop_size = (192, 256)
-  elif dataset == 'isbi':
+  elif dataset in ('isbi', 'folder'):
     c.data.resize = ()
     c.data.crop_size = (256, 256)
   if a.runlocal:

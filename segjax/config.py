@@ -281,8 +281,15 @@ def _type_ok(value, default) -> bool:
   return True
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks `config` against the schema; raises ConfigError naming the key."""
+def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
+             processes: int | None = None) -> ml_collections.ConfigDict:
+  """Checks `config` against the schema; raises ConfigError naming the key.
+
+  Every check that relates two keys lives here too (see _check_cross_keys),
+  each failure one line naming the keys and their values. `devices` and
+  `processes` (jax.device_count(), jax.process_count()), when given, are
+  checked against the batch sizes.
+  """
   schema = _flatten(base_config())
   given = _flatten(config)
   for key, value in given.items():
@@ -305,8 +312,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not given[key] > 0:
       raise ConfigError(f"config key '{key}' must be > 0, got {given[key]!r}")
 
+  if given['data.num_classes'] < 1:
+    raise ConfigError(f"config key 'data.num_classes' must be > 0, got "
+                      f"{given['data.num_classes']!r}; set it with --config.data.num_classes=N")
   for key in ('batch_size', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
-              'eval.batch_size', 'optimizer.lr', 'checkpoint.keep', 'data.num_classes'):
+              'eval.batch_size', 'optimizer.lr', 'checkpoint.keep'):
     positive(key)
   if given['grad_accum_steps'] < 1 or given['batch_size'] % given['grad_accum_steps']:
     raise ConfigError(f"config key 'grad_accum_steps' = {given['grad_accum_steps']!r} must be "
@@ -355,7 +365,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     spec = labels_lib.spec_from_config(config.data)
     labels_lib.LabelMapper(spec, config.data.label_map)
   except ValueError as e:
-    raise ConfigError(f'data label spec: {e}') from None
+    hint = ''
+    if 'has' in str(e) and 'num_classes' in str(e):  # A names/palette length mismatch.
+      n = given['data.num_classes']
+      hint = (f'; give {n} with --config.data.class_names / --config.data.palette, or () '
+              f'for class_0..class_{n - 1} and a generated palette')
+    raise ConfigError(f'data label spec: {e}{hint}') from None
   cw = given['loss.class_weights']
   if cw and len(cw) != spec.num_classes:
     raise ConfigError(f"config key 'loss.class_weights' has {len(cw)} values but "
@@ -378,8 +393,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         'names the other architectures); or set model.allow_random_frozen_encoder=True to '
         'freeze a random encoder on purpose')
   if given['data.name'] == 'folder' and not given['data.root']:
-    raise ConfigError("config key 'data.root' must name the dataset folder when "
-                      "data.name='folder'")
+    raise ConfigError("config key 'data.root' is empty but data.name='folder' reads a "
+                      'folder: set it with --config.data.root=/path/to/dataset')
   if given['checkpoint.best_metric'] not in control.METRIC_MODES:
     raise ConfigError(f"config key 'checkpoint.best_metric' = "
                       f"{given['checkpoint.best_metric']!r} is not one of "
@@ -419,7 +434,48 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       crf_lib.DenseCRF.from_config(config)
     except ValueError as e:
       raise ConfigError(f"config block 'eval.crf': {e}") from None
+  if not 0.0 <= given['augment.hue'] <= 0.5:
+    raise ConfigError(f"config key 'augment.hue' must be in [0, 0.5], got {given['augment.hue']!r}")
+  _check_cross_keys(given, devices, processes)
   return config
+
+
+def _check_cross_keys(given: dict, devices: int | None, processes: int | None) -> None:
+  """The checks that relate keys to each other (given: the flattened config)."""
+
+  def fail(keys, why):
+    named = ', '.join(f"'{k}' = {given[k]!r}" for k in keys)
+    raise ConfigError(f'config keys {named}: {why}')
+
+  total, warmup = given['total_steps'], given['schedule.warmup_steps']
+  if warmup < 0 or warmup >= total:
+    fail(('schedule.warmup_steps', 'total_steps'),
+         'the warm-up must end before the last step (0 <= warmup_steps < total_steps)')
+  if given['schedule.name'] == 'step':
+    bounds = given['schedule.boundaries']
+    if not bounds:
+      fail(('schedule.name', 'schedule.boundaries'),
+           "a step schedule needs boundaries, e.g. (0.5, 0.75) (fractions of total_steps)")
+    steps = [int(round(b * total)) if b < 1 else int(b) for b in bounds]
+    if sorted(steps) != steps or any(b <= warmup or b >= total for b in steps):
+      fail(('schedule.boundaries', 'schedule.warmup_steps', 'total_steps'),
+           f'the boundaries are steps {steps}; they must increase and lie inside '
+           f'({warmup}, {total})')
+  for key in ('batch_size', 'eval.batch_size'):
+    for count, what in ((devices, 'devices'), (processes, 'processes')):
+      if count and given[key] % count:
+        raise ConfigError(f"config key '{key}' = {given[key]!r} is not divisible by the "
+                          f'{count} {what} it is split over')
+  # A training crop larger than every (scaled) resized image is mostly ignore
+  # padding. (Images of unknown size, e.g. a synthetic set smaller than the
+  # crop on purpose in tests, are padded as documented and not checked.)
+  if given['data.resize']:
+    top = given['augment.scale_range'][1]
+    (ch, cw), (bh, bw) = given['data.crop_size'], given['data.resize']
+    if ch > bh * top or cw > bw * top:
+      fail(('data.crop_size', 'data.resize', 'augment.scale_range'),
+           'the crop is larger than the largest scaled image; every crop would be padded '
+           'with ignored pixels')
 
 
 def _tuples(value):

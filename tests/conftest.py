@@ -18,6 +18,13 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
+# The XLA:CPU flags every entry point sets (importing segjax does not); in
+# os.environ, so that subprocesses inherit them.
+from segjax import platform  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+platform.configure_xla_cpu()
+
+
 # SEGJAX_REQUIRE_ALL=1 (set by .ci/run): a test that would be skipped (no
 # ../shared/data, a peer framework not installed, ...) fails instead, naming
 # the skip reason, so CI cannot pass by running less. tests/parity inherits

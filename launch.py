@@ -69,7 +69,7 @@ def run_sweep(workdir: str) -> None:
   sweep.run(_CONFIG.value, workdir, points, config_arg=config_arg,
             base_overrides=base_overrides)
   if jax.process_index() == 0:
-    from segjax import results  # pylint: disable=g-import-not-at-top
+    from segjax.tools import results  # pylint: disable=g-import-not-at-top
     print(results.format_markdown(results.collect(workdir)), flush=True)
 
 
@@ -111,7 +111,7 @@ def main(argv):
   else:
     if not _INPUT.value or not _OUTPUT.value:
       raise app.UsageError('--mode=predict needs --input and --output')
-    from segjax import predict  # pylint: disable=g-import-not-at-top
+    from segjax.tools import predict  # pylint: disable=g-import-not-at-top
     summary = predict.run(_WORKDIR.value, _INPUT.value, _OUTPUT.value,
                           checkpoint=str(config.eval.checkpoint), alpha=_ALPHA.value,
                           mc_samples=int(config.eval.mc_samples))

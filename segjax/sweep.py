@@ -23,7 +23,7 @@ status: a finished point is skipped when the sweep runs again, and the one in
 progress resumes from its own checkpoints. A point that fails (a non-finite
 loss, say) is recorded as failed and the sweep goes on; it is retried the next
 time, and the sweep ends with an error listing the failures. `<workdir>/
-sweep.json` lists every point; `python -m segjax.results <workdir>` tabulates
+sweep.json` lists every point; `python -m segjax.tools.results <workdir>` tabulates
 them.
 """
 
@@ -278,7 +278,7 @@ def emit_commands(config_arg: str, workdir: str, points: Sequence[dict], *, emit
                   base_overrides: dict | None = None, tpu_name: str = '', tpu_zone: str = '',
                   tpu_project: str | None = None) -> list[str]:
   """One shell command per point: 'local' (python launch.py ...) or 'tpu' (gcloud ssh
-  --worker=all on a TPU VM, see segjax.tpu)."""
+  --worker=all on a TPU VM, see segjax.tools.tpu)."""
   commands = []
   for p in points:
     args = launch_args(config_arg, os.path.join(workdir, p['name']), p['overrides'],
@@ -288,7 +288,7 @@ def emit_commands(config_arg: str, workdir: str, points: Sequence[dict], *, emit
     elif emit == 'tpu':
       if not tpu_name or not tpu_zone:
         raise SweepError('--emit=tpu needs --tpu_name and --tpu_zone')
-      from segjax import tpu  # pylint: disable=g-import-not-at-top
+      from segjax.tools import tpu  # pylint: disable=g-import-not-at-top
       try:
         argv = tpu.launch_argv(name=tpu_name, zone=tpu_zone, launch_args=args,
                                project=tpu_project)

@@ -500,6 +500,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(metrics_lib.format_table(
         result, title=f'{val_split} @ step {final_step}, {result["num_examples"]} images'),
         flush=True)
-    from segjax import report  # pylint: disable=g-import-not-at-top
+    from segjax.tools import report  # pylint: disable=g-import-not-at-top
     print(f'Report: {report.write_report(workdir)}', flush=True)
   return result

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import average
+from segjax.tools import average_checkpoints as average
 from segjax import checkpoint as ckpt_lib
 from segjax import evaluate
 from segjax import sharding as sharding_lib

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from segjax import train
-from segjax.data import prepare_tfds
+from segjax.tools import prepare_tfds
 from tests.test_config import load
 from tests.test_tfds_source import _pack, _write_fake_pet
 from tests.test_train import shrink_model

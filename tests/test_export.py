@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from segjax import checkpoint as ckpt_lib
-from segjax import export
+from segjax.tools import export
 from segjax import models
 from segjax import sharding
 from segjax import train
@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory):
 
 
 def _restored(workdir, step):
-  """(config, variables) of checkpoint `step`, restored without segjax.export."""
+  """(config, variables) of checkpoint `step`, restored without segjax.tools.export."""
   config = tiny_config()
   model = train.build_model(config)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)), async_save=False)
@@ -127,7 +127,7 @@ def test_loader_runs_without_model_code(run_dir, tmp_path):
   script = textwrap.dedent(f"""
     import sys; sys.path.insert(0, {str(ROOT)!r})
     import numpy as np
-    from segjax.export import load
+    from segjax.tools.export import load
     model = load({str(out)!r})
     np.save({str(tmp_path / 'logits.npy')!r}, np.asarray(model(np.load({str(tmp_path / 'images.npy')!r}))))
     bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax', 'grain')
@@ -144,7 +144,7 @@ def test_loader_runs_without_model_code(run_dir, tmp_path):
 def test_cli_exports_a_step_for_several_platforms(run_dir, tmp_path):
   out = tmp_path / 'cli'
   proc = subprocess.run(
-      [sys.executable, '-m', 'segjax.export', f'--workdir={run_dir}', f'--out={out}',
+      [sys.executable, '-m', 'segjax.tools.export', f'--workdir={run_dir}', f'--out={out}',
        '--checkpoint=2', '--batch=1', '--platforms=cpu,cuda,tpu'],
       capture_output=True, text=True, timeout=300, cwd=str(ROOT))
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""segjax.predict: class-index PNGs, overlays and uncertainty maps for image files."""
+"""segjax.tools.predict: class-index PNGs, overlays and uncertainty maps for image files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from segjax import checkpoint as ckpt_lib
 from segjax import config as config_lib
 from segjax import logging as log_lib
 from segjax import optim
-from segjax import predict
+from segjax.tools import predict
 from segjax import sharding
 from segjax import train
 from segjax.data import labels as labels_lib
@@ -278,7 +278,7 @@ def test_mc_samples_on_a_model_without_dropout_is_an_error(run_dir, input_dir, t
 def test_cli(run_dir, input_dir, tmp_path, capsys):
   out = tmp_path / 'out'
   proc = subprocess.run(
-      [sys.executable, '-m', 'segjax.predict', f'--workdir={run_dir}', f'--input={input_dir}',
+      [sys.executable, '-m', 'segjax.tools.predict', f'--workdir={run_dir}', f'--input={input_dir}',
        f'--output={out}', '--batch_size=4', '--alpha=0.25'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""segjax.report (HTML run report) and segjax.plots (SVG charts, confusion heatmap)."""
+"""segjax.tools.report (HTML run report) and segjax.plots (SVG charts, confusion heatmap)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from PIL import Image
 from segjax import evaluate
 from segjax import metrics as metrics_lib
 from segjax import plots
-from segjax import report
+from segjax.tools import report
 from segjax import train
 from tests.test_train import tiny_config
 
@@ -262,13 +262,13 @@ def test_resumed_and_truncated_metrics(tmp_path):
 
 def test_cli(run_dir, tmp_path):
   out = tmp_path / 'r' / 'custom.html'
-  proc = subprocess.run([sys.executable, '-m', 'segjax.report', f'--workdir={run_dir}',
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.report', f'--workdir={run_dir}',
                          f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == f'Wrote {out}'
   assert len(parse(out).polylines['train/loss']) == 4
   missing = tmp_path / 'nope'
-  proc = subprocess.run([sys.executable, '-m', 'segjax.report', f'--workdir={missing}'],
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.report', f'--workdir={missing}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert str(missing) in proc.stderr and 'does not exist' in proc.stderr

@@ -1,4 +1,4 @@
-"""segjax.results: the table of a sweep's runs, from hand-written workdirs."""
+"""segjax.tools.results: the table of a sweep's runs, from hand-written workdirs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segjax import results
+from segjax.tools import results
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = 'nan'  # How the MetricWriter stores a non-finite value.
@@ -119,7 +119,7 @@ COLUMNS = ['run', 'status', 'optimizer.lr', 'model.output_stride', 'steps', 'tot
 
 
 def run_cli(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, '-m', 'segjax.results', *map(str, args)], cwd=cwd,
+  return subprocess.run([sys.executable, '-m', 'segjax.tools.results', *map(str, args)], cwd=cwd,
                         capture_output=True, text=True, timeout=60)
 
 

@@ -15,7 +15,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from segjax import results
+from segjax.tools import results
 from segjax import sweep
 from segjax import train
 from tests.test_config import CONFIG_ARGS

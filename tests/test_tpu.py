@@ -1,4 +1,4 @@
-"""segjax.tpu: the gcloud commands, their quoting, dry run and execution (no gcloud, no network)."""
+"""segjax.tools.tpu: the gcloud commands, their quoting, dry run and execution (no gcloud, no network)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from segjax import tpu
+from segjax.tools import tpu
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU_VM = ['gcloud', 'compute', 'tpus', 'tpu-vm']
@@ -323,7 +323,7 @@ def test_cli_dry_run_prints_the_commands(capsys):
 
 
 def test_cli_module_entry_point():
-  res = subprocess.run([sys.executable, '-m', 'segjax.tpu', 'delete', '--name=seg',
+  res = subprocess.run([sys.executable, '-m', 'segjax.tools.tpu', 'delete', '--name=seg',
                         f'--zone={ZONE}', '--project=p'], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert res.returncode == 0, res.stderr

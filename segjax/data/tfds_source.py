@@ -1,7 +1,7 @@
 """Random-access segmentation source over a prepared TFDS dataset, without TF.
 
 The dataset must have been prepared in `array_record` format (see
-`python -m segjax.data.prepare_tfds`); it is then read with TFDS' own data
+`python -m segjax.tools.prepare_tfds`); it is then read with TFDS' own data
 source (`builder.as_data_source`, the same as `tfds.data_source`), which
 decodes images with Pillow/OpenCV and never imports TensorFlow.
 
@@ -59,7 +59,7 @@ def features_for(tfds_name: str) -> SegFeatures:
 
 def _not_prepared(tfds_name: str, split: str, data_dir: str, reason: str) -> TfdsNotPreparedError:
   # Imported here: prepare_tfds imports this module for the feature table.
-  from segjax.data import prepare_tfds  # pylint: disable=g-import-not-at-top
+  from segjax.tools import prepare_tfds  # pylint: disable=g-import-not-at-top
   return TfdsNotPreparedError(
       f'TFDS dataset {tfds_name!r} (split {split!r}) {reason} in data_dir '
       f'{data_dir!r}.\n{prepare_tfds.instructions(tfds_name, data_dir)}')

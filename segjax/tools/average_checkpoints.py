@@ -1,8 +1,8 @@
 r"""Checkpoint averaging: the mean of several checkpoints of one run, as a new workdir.
 
-  python -m segjax.average --workdir=runs/x --steps=best:3 --out=runs/x_avg3
-  python -m segjax.average --workdir=runs/x --steps=latest:2 --out=runs/x_last2
-  python -m segjax.average --workdir=runs/x --steps=400,600,800 --out=runs/x_avg \
+  python -m segjax.tools.average_checkpoints --workdir=runs/x --steps=best:3 --out=runs/x_avg3
+  python -m segjax.tools.average_checkpoints --workdir=runs/x --steps=latest:2 --out=runs/x_last2
+  python -m segjax.tools.average_checkpoints --workdir=runs/x --steps=400,600,800 --out=runs/x_avg \
       --recompute_bn=50 --evaluate
   python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/x_avg3 --mode=eval
 
@@ -336,7 +336,7 @@ def average(workdir: str, steps_spec: str, out_dir: str, *, recompute_bn: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.average', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.average_checkpoints', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='the training run')
   parser.add_argument('--steps', required=True,

@@ -1,11 +1,11 @@
 r"""Converts a local torchvision / Keras / timm weights file for segjax.
 
-  python -m segjax.convert --from=torchvision --arch=resnet50 \
+  python -m segjax.tools.convert_weights --from=torchvision --arch=resnet50 \
       --weights=~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth --out=weights/resnet50
   python launch.py --config=configs/deeplabv3.py --workdir=runs/x \
       --config.model.pretrained=weights/resnet50
 
-  python -m segjax.convert --list     # every (source, arch) and what it reproduces
+  python -m segjax.tools.convert_weights --list     # every (source, arch) and what it reproduces
 
 The output directory holds an orbax checkpoint of {'params', 'batch_stats'}
 and segjax_pretrained.json (kind 'backbone' or 'model', the peer, and the
@@ -24,7 +24,7 @@ from segjax.models import convert as convert_lib
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.convert', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.convert_weights', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--from', dest='source', choices=convert_lib.SOURCES)
   parser.add_argument('--arch', help='peer architecture, e.g. resnet50, mobilenet_v2')

@@ -1,8 +1,8 @@
 r"""Serialized inference export: a trained checkpoint as one StableHLO file.
 
-  python -m segjax.export --workdir=runs/x --out=export/x
-  python -m segjax.export --workdir=runs/x --out=export/x_b4 --batch=4 --height=512 --width=512
-  python -m segjax.export --workdir=runs/unet --out=export/unet_any --symbolic_hw \
+  python -m segjax.tools.export --workdir=runs/x --out=export/x
+  python -m segjax.tools.export --workdir=runs/x --out=export/x_b4 --batch=4 --height=512 --width=512
+  python -m segjax.tools.export --workdir=runs/unet --out=export/unet_any --symbolic_hw \
       --platforms=cpu,cuda,tpu
 
 The exported function is
@@ -135,7 +135,7 @@ def load(directory: str) -> LoadedModel:
   for path in (sig_path, model_path):
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path}: no such file; expected a directory written by '
-                              'python -m segjax.export')
+                              'python -m segjax.tools.export')
   with open(sig_path) as f:
     try:
       signature = json.load(f)
@@ -376,7 +376,7 @@ def _batch_arg(text: str) -> int | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.export', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.export', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='training run directory')
   parser.add_argument('--out', required=True, help='output directory')

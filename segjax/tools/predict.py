@@ -1,7 +1,7 @@
 r"""Prediction on image files with a trained run: class-index PNGs and overlays.
 
-  python -m segjax.predict --workdir=runs/quickstart --input=photos/ --output=preds/
-  python -m segjax.predict --workdir=runs/bsegnet --input='scans/**/*.png' \
+  python -m segjax.tools.predict --workdir=runs/quickstart --input=photos/ --output=preds/
+  python -m segjax.tools.predict --workdir=runs/bsegnet --input='scans/**/*.png' \
       --output=preds/ --checkpoint=best --mc_samples=16
 
 The model, its preprocessing and the label spec come from the run's
@@ -500,7 +500,7 @@ def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.predict', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='training run directory')
   parser.add_argument('--input', required=True, action='append',

@@ -1,7 +1,7 @@
 r"""Prepares a TFDS segmentation dataset in array_record format, without TF.
 
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
+  python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
+  python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
       --manual_dir=MANUAL_DIR   # holding images.tar.gz + annotations.tar.gz
 
 The result is a normal TFDS dataset (same name, version and features as the
@@ -79,10 +79,10 @@ def instructions(tfds_name: str, data_dir: str) -> str:
     return (
         'Prepare it (no TensorFlow needed):\n'
         f'  (a) with internet access:\n'
-        f'      python -m segjax.data.prepare_tfds --name={name} --data_dir={data_dir}\n'
+        f'      python -m segjax.tools.prepare_tfds --name={name} --data_dir={data_dir}\n'
         f'  (b) offline: download {files} (the Oxford-IIIT Pet originals, '
         f'{_PET_URL}/) into MANUAL_DIR, then run\n'
-        f'      python -m segjax.data.prepare_tfds --name={name} --data_dir={data_dir} '
+        f'      python -m segjax.tools.prepare_tfds --name={name} --data_dir={data_dir} '
         '--manual_dir=MANUAL_DIR\n'
         f'then pass --config.data.root={data_dir}')
   return (
@@ -285,7 +285,7 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m segjax.data.prepare_tfds', description=__doc__.split('\n')[0])
+      prog='python -m segjax.tools.prepare_tfds', description=__doc__.split('\n')[0])
   parser.add_argument('--name', default='oxford_iiit_pet',
                       help=f'TFDS dataset; preparable here: {sorted(BUILDERS)}')
   parser.add_argument('--data_dir', required=True, help='TFDS data_dir to write to')

@@ -1,6 +1,6 @@
 r"""A self-contained HTML report of a run, built from its workdir alone.
 
-  python -m segjax.report --workdir=runs/quickstart    # -> runs/quickstart/report.html
+  python -m segjax.tools.report --workdir=runs/quickstart    # -> runs/quickstart/report.html
 
 `write_report(workdir)` reads what training and evaluation leave in the
 workdir: `config.json` (the run header), `metrics.jsonl` (loss, learning-rate
@@ -309,7 +309,7 @@ def build_report(workdir: str, *, split: Optional[str] = None) -> str:
          f'<title>{esc(title)}</title>', f'<style>{_CSS}</style>', '</head><body>',
          f'<h1>{esc(title)}</h1>',
          f'<p class="note">Generated {datetime.datetime.now().isoformat(timespec="seconds")} '
-         'by segjax.report from the files in the workdir.</p>']
+         'by segjax.tools.report from the files in the workdir.</p>']
   if chosen is not None:
     r = chosen['result']
     out.append(f'<p><b>{esc(chosen["split"])} @ step {chosen["step"]}</b>: '
@@ -430,7 +430,7 @@ def write_report(workdir: str, *, out: Optional[str] = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.report', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.report', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='the run directory')
   parser.add_argument('--out', default=None, help='output HTML (default <workdir>/report.html)')

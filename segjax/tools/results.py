@@ -1,9 +1,9 @@
 r"""A table of every run under a directory: one row per workdir of a sweep.
 
-  python -m segjax.results runs/x                          # Markdown to stdout
-  python -m segjax.results runs/x --sort=best_mIoU         # best first
-  python -m segjax.results runs/x --sort=optimizer.lr --descending
-  python -m segjax.results runs/x --out=runs/x/results.csv # or .md
+  python -m segjax.tools.results runs/x                          # Markdown to stdout
+  python -m segjax.tools.results runs/x --sort=best_mIoU         # best first
+  python -m segjax.tools.results runs/x --sort=optimizer.lr --descending
+  python -m segjax.tools.results runs/x --out=runs/x/results.csv # or .md
 
 `collect(root)` finds the runs: `root` itself if it is a run, else every
 directory below it that is one (a directory holding metrics.jsonl, config.json
@@ -42,7 +42,7 @@ Columns (the names `--sort` takes):
                   preempted, so a preempted session is not counted); empty if
                   none logged it.
 
-metrics.jsonl is read with segjax.report.read_metrics. A resumed run appends
+metrics.jsonl is read with segjax.tools.report.read_metrics. A resumed run appends
 to the file: a later line for a step supersedes the earlier one, and a line
 whose step is lower than one already logged starts a new session from an
 earlier checkpoint, so the earlier session's lines from that step on are
@@ -64,7 +64,7 @@ import statistics
 import sys
 from typing import Any, Iterable, Optional
 
-from segjax import report
+from segjax.tools import report
 
 SWEEP_FILE = 'sweep.json'
 POINT_FILE = 'sweep_point.json'
@@ -434,7 +434,7 @@ _EXTENSIONS = {'.md': 'md', '.markdown': 'md', '.csv': 'csv'}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.results', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.results', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('root', help='a sweep directory (or any directory with runs below it)')
   parser.add_argument('--sort', default=None, metavar='COL', help='column to sort by')

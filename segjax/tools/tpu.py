@@ -1,12 +1,12 @@
 r"""gcloud commands for running segjax on a Cloud TPU VM or pod slice.
 
-  python -m segjax.tpu create --name=seg --zone=us-central2-b --accelerator_type=v4-8
-  python -m segjax.tpu install --name=seg --zone=us-central2-b
-  python -m segjax.tpu launch --name=seg --zone=us-central2-b -- \
+  python -m segjax.tools.tpu create --name=seg --zone=us-central2-b --accelerator_type=v4-8
+  python -m segjax.tools.tpu install --name=seg --zone=us-central2-b
+  python -m segjax.tools.tpu launch --name=seg --zone=us-central2-b -- \
       --config=configs/deeplabv3plus.py --workdir=/mnt/shared/runs/x --config.optimizer.lr=0.01
-  python -m segjax.tpu logs --name=seg --zone=us-central2-b --follow
-  python -m segjax.tpu status --name=seg --zone=us-central2-b
-  python -m segjax.tpu delete --name=seg --zone=us-central2-b
+  python -m segjax.tools.tpu logs --name=seg --zone=us-central2-b --follow
+  python -m segjax.tools.tpu status --name=seg --zone=us-central2-b
+  python -m segjax.tools.tpu delete --name=seg --zone=us-central2-b
 
 Every command only prints the gcloud commands it would run, one per line and
 shell-quoted, so that they can be read, edited or pasted (dry run, the
@@ -387,7 +387,7 @@ def run_commands(argvs: Sequence[Sequence[str]], *, execute: bool = False,
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m segjax.tpu', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m segjax.tools.tpu', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
 

@@ -105,19 +105,20 @@ def _unknown_key_message(arg_key: str) -> str:
   return f"unknown config key '{arg_key}' (from --config.{arg_key}){hint}"
 
 
-def define_run_overrides(name: str = 'config') -> None:
+def define_run_overrides(fv: flags.FlagValues, name: str = 'config') -> None:
   """--config.<key>=<value> overrides of a trained run's config (segjax.run_dir
   rule: eval.* and data.root), typed and checked against the schema."""
   config_flags.DEFINE_config_dict(
       name, config_lib.base_config(),
       "Overrides of the run's own config, --config.eval.<key>=<value> or "
-      '--config.data.root=DIR; other keys are refused.')
-  flags.FLAGS[name].default_as_str = None  # Not the whole schema in --help.
+      '--config.data.root=DIR; other keys are refused.', flag_values=fv)
+  fv[name].default_as_str = None  # Not the whole schema in --help.
+  fv.register_key_flag_for_module(sys.argv[0], fv[name])  # Listed in the tool's --help.
 
 
-def run_overrides(name: str = 'config') -> dict:
+def run_overrides(fv: flags.FlagValues, name: str = 'config') -> dict:
   """The flat {key: value} given as --config.<key>=<value>."""
-  return dict(config_flags.get_override_values(flags.FLAGS[name]))
+  return dict(config_flags.get_override_values(fv[name]))
 
 
 def default_workdir(config_arg: str, root: str = 'runs') -> str:
@@ -159,31 +160,39 @@ def removed_on_failure(workdir: str):
     raise
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
+def parse_flags(argv: Sequence[str], fv: flags.FlagValues | None = None) -> list[str]:
   """absl's flag parsing with segjax's help, repeated-key and error rules."""
+  fv = flags.FLAGS if fv is None else fv
   own = _own_args(argv)
   for arg in own:
     if arg in _HELP_FLAGS:
-      app.usage(shorthelp=arg != '--helpfull', writeto_stdout=True)
+      if fv is flags.FLAGS:
+        app.usage(shorthelp=arg != '--helpfull', writeto_stdout=True)
+      else:
+        print(fv.get_help())
       sys.exit(0)
   repeated = repeated_config_keys(argv)
   if repeated:
     _fail(f'--{repeated[0]} is given more than once; give each config key once '
           '(a later value would not replace an earlier one)')
   try:
-    return flags.FLAGS(list(argv))
+    return fv(list(argv))
   except flags.Error as e:
     _fail(str(e).replace('flag --', '--', 1))
   except (AttributeError, KeyError) as e:
-    # ml_collections' error for an override of a key the config does not have.
-    bad = [a for a in own if a.startswith('--config.')]
-    key = str(e).strip('"\'')
-    for arg in bad:
-      dotted = arg[len('--config.'):].split('=')[0]
-      if dotted.split('.')[-1] == key or key in dotted.split('.'):
-        _fail(_unknown_key_message(dotted))
-    _fail(f'unknown config key {key!r}')
+    _unknown_key(e, own)
   return []  # Not reached.
+
+
+def _unknown_key(e: Exception, args: Sequence[str]) -> None:
+  """ml_collections' error for an override of a key the config lacks, as one line."""
+  words = re.findall(r'[A-Za-z_][A-Za-z0-9_]*', str(e))
+  key = words[0] if words else str(e)
+  for arg in args:
+    m = re.match(r'--(?:no)?config\.([^=\s]+)', arg)
+    if m and key in m.group(1).split('.'):
+      _fail(_unknown_key_message(m.group(1)))
+  _fail(f'unknown config key {key!r}')
 
 
 def _fail(message: str, status: int = 2) -> None:
@@ -198,29 +207,60 @@ def _verbose() -> bool:
     return False
 
 
-def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> None:
-  """app.run(main) with the conventions of the module doc."""
+def _call(main, args, *extra, positional: bool = False):
+  """main(args, *extra) with the error conventions of the module doc."""
+  if len(args) > 1 and not positional:
+    _fail(f'unexpected arguments: {args[1:]} (flags are --name=value)')
+  try:
+    return main(args, *extra)
+  except app.UsageError as e:
+    _fail(str(e))
+  except USER_ERRORS as e:
+    if _verbose():
+      raise
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, config_lib.ConfigError) and re.search(r"key '[^']+' (must|should|is not)",
+                                                           msg):
+      msg += ' (fix it in the config file or with --config.<key>=<value>)'
+    _fail(msg)
+
+
+def run(main: Callable[..., int | None], define_flags: Callable[[flags.FlagValues], None] |
+        None = None, argv: Sequence[str] | None = None, *, positional: bool = False) -> None:
+  """app.run(main) with the conventions of the module doc. A tool passes its
+  define_flags(flag_values), called here, and main(argv, flag_values);
+  launch.py, whose flags are defined at import, passes main(argv) only.
+  positional: main takes positional arguments (a subcommand)."""
+  argv = list(sys.argv if argv is None else argv)
+  if define_flags is not None:
+    try:  # ml_collections reads --config.<key> overrides of a config dict here.
+      define_flags(flags.FLAGS)
+    except (AttributeError, KeyError) as e:
+      _unknown_key(e, _own_args(argv))
 
   def wrapped(args):
-    if len(args) > 1:
-      _fail(f'unexpected arguments: {args[1:]} (flags are --name=value)')
     if not flags.FLAGS['verbosity'].present:
       # orbax and grain log every save/restore at INFO; --verbosity=0 brings that back.
       logging.set_verbosity(logging.WARNING)
       py_logging.getLogger('absl').setLevel(py_logging.WARNING)
-    try:
-      return main(args)
-    except app.UsageError as e:
-      _fail(str(e))
-    except USER_ERRORS as e:
-      if _verbose():
-        raise
-      msg = str(e).strip() or type(e).__name__
-      if isinstance(e, config_lib.ConfigError) and re.search(r"key '[^']+' (must|should|is not)", msg):
-        msg += ' (fix it in the config file or with --config.<key>=<value>)'
-      _fail(msg)
+    extra = () if define_flags is None else (flags.FLAGS,)
+    return _call(main, args, *extra, positional=positional)
 
-  app.run(wrapped, argv=list(sys.argv if argv is None else argv), flags_parser=parse_flags)
+  app.run(wrapped, argv=argv, flags_parser=parse_flags)
+
+
+def invoke(define_flags: Callable[[flags.FlagValues], None], main: Callable[..., int | None],
+           argv: Sequence[str], *, prog: str = 'segjax', positional: bool = False) -> int:
+  """A tool's command line in this process, on flags of its own (what tests
+  call): the exit status `run` would give, without exiting."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  try:
+    args = parse_flags([prog, *argv], fv)
+    rc = _call(main, args, fv, positional=positional)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  return int(rc or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

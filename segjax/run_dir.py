@@ -3,11 +3,12 @@
 `load_run(workdir, checkpoint, weights)` is how every tool (evaluate, predict,
 export, average_checkpoints) reads a run. Which config counts:
 
-  1. The config saved in the meta of the chosen checkpoint: the values the
-     weights were trained with (a resumed run may have changed
-     <workdir>/config.json since). Runs whose checkpoints hold none fall back to
-     <workdir>/config.json. It is laid over `config.base_config()`, so keys
-     added to the schema since the run get their defaults.
+  1. <workdir>/config.json, the config the run last trained with (training
+     writes it once the checkpoint is known to fit it). A run directory
+     without one (an old or copied checkpoint folder) falls back to the config
+     saved in the chosen checkpoint's meta. It is laid over
+     `config.base_config()`, so keys added to the schema since the run get
+     their defaults.
   2. Command-line overrides may change only what evaluation and inference
      read: `eval.*` (split, mode, scales, flip, batch size, MC samples, ...)
      and `data.root` (where the data lives on this machine). Any other key
@@ -103,10 +104,13 @@ def open_checkpoints(workdir: str) -> ckpt_lib.Checkpointer:
 
 
 def _config_of(workdir: str, ckpt: ckpt_lib.Checkpointer, step: int) -> ml_collections.ConfigDict:
+  if os.path.isfile(os.path.join(workdir, 'config.json')):
+    return config_lib.load_run_config(workdir)
   meta = ckpt.read_meta(step)
-  if isinstance(meta.get('config'), dict):
-    return config_lib.from_dict(meta['config'], f'{ckpt.step_dir(step)} (meta config)')
-  return config_lib.load_run_config(workdir)
+  if not isinstance(meta.get('config'), dict):
+    raise FileNotFoundError(f'{workdir} has no config.json and the meta of checkpoint {step} '
+                            'holds no config')
+  return config_lib.from_dict(meta['config'], f'{ckpt.step_dir(step)} (meta config)')
 
 
 def load_config(workdir: str, checkpoint: str = 'latest',

@@ -89,14 +89,15 @@ def run(workdir: str, overrides: Mapping[str, Any] | None = None, *,
   return {'step': step, 'split': split, 'path': path, **result}
 
 
-def define_flags() -> None:
-  """Defined only when run as a command, so tools can be imported side by side."""
-  flags.DEFINE_string('workdir', None, 'The training run directory.', required=True)
-  flags.DEFINE_string('checkpoint', None,
-                      "'latest', 'best' or a step (default: --config.eval.checkpoint, else latest)")
-  flags.DEFINE_string('out', None, 'Where the result files go (default: --workdir).')
-  cli.define_run_overrides()
-  flags.declare_key_flag('config')
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The training run directory.', required=True,
+                      flag_values=fv)
+  flags.DEFINE_string('checkpoint', None, "'latest', 'best' or a step (default: "
+                      '--config.eval.checkpoint, else latest)', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Where the result files go (default: --workdir).',
+                      flag_values=fv)
+  cli.define_run_overrides(fv)
 
 
 def main_run(workdir: str, overrides: Mapping[str, Any] | None = None, *,
@@ -111,12 +112,11 @@ def main_run(workdir: str, overrides: Mapping[str, Any] | None = None, *,
   return True
 
 
-def main(argv) -> int:
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
   del argv
-  f = flags.FLAGS
-  return 0 if main_run(f.workdir, cli.run_overrides(), checkpoint=f.checkpoint, out=f.out) else 1
+  ok = main_run(fv.workdir, cli.run_overrides(fv), checkpoint=fv.checkpoint, out=fv.out)
+  return 0 if ok else 1
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -57,7 +57,8 @@ TOOLS = {
 
 _HELP_FLAGS = ('--help', '--helpshort', '--helpfull', '-?', '-help')
 # Errors a user fixes by changing the command: one line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, FileNotFoundError, FileExistsError, ValueError)
+USER_ERRORS = (config_lib.ConfigError, FileNotFoundError, FileExistsError, ValueError,
+               ImportError)
 
 
 class UsageError(app.UsageError):

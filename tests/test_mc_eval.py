@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from segjax import evaluate
+from segjax.tools import evaluate as evaluate_tool
 from segjax import logging as log_lib
 from segjax import models
 from segjax import train
@@ -64,9 +65,7 @@ def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):
   c.eval_every = c.checkpoint_every = 2
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(c, workdir)
-  c.eval.mc_samples = 4
-  c.eval.num_panel_images = 2
-  result = evaluate.run(c, workdir)
+  result = evaluate_tool.run(workdir, {'eval.mc_samples': 4, 'eval.num_panel_images': 2})
   out = os.path.join(workdir, 'eval_val_00000002')
   names = sorted(os.listdir(out))
   assert names == ['0000_pred.png', '0000_uncertainty.png', '0001_pred.png',
@@ -80,10 +79,8 @@ def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):
   assert panel.shape[1] == 4 * 32 + 3 * 4  # image | truth | prediction | uncertainty.
   assert 0.0 <= result['mIoU'] <= 1.0 and result['num_examples'] == 8
   # Without Monte Carlo sampling: predictions only.
-  c.eval.mc_samples = 1
-  c.eval.checkpoint = '2'
-  c.eval.split = 'train'
-  evaluate.run(c, workdir)
+  evaluate_tool.run(workdir, {'eval.mc_samples': 1, 'eval.num_panel_images': 2,
+                              'eval.checkpoint': '2', 'eval.split': 'train'})
   assert sorted(os.listdir(os.path.join(workdir, 'eval_train_00000002'))) == [
       '0000_pred.png', '0001_pred.png', 'panel.png']
 

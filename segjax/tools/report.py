@@ -14,7 +14,6 @@ JavaScript, no external CSS. Nothing needs jax or a checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import html
@@ -23,12 +22,13 @@ import json
 import math
 import os
 import re
-import sys
 from typing import Any, Optional
 
+from absl import flags
 import numpy as np
 from PIL import Image
 
+from segjax import cli
 from segjax import plots
 from segjax.data import labels as labels_lib
 
@@ -429,23 +429,21 @@ def write_report(workdir: str, *, out: Optional[str] = None,
   return path
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.tools.report', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='the run directory')
-  parser.add_argument('--out', default=None, help='output HTML (default <workdir>/report.html)')
-  parser.add_argument('--split', default=None,
-                      help="split detailed in the per-class table (default the config's "
-                           'data.val_split)')
-  args = parser.parse_args(argv)
-  try:
-    path = write_report(os.path.expanduser(args.workdir), out=args.out, split=args.split)
-  except ReportError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The run directory.', required=True, flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output HTML (default <workdir>/report.html).',
+                      flag_values=fv)
+  flags.DEFINE_string('split', None, "Split detailed in the per-class table (default the "
+                      "config's data.val_split).", flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  path = write_report(os.path.expanduser(fv.workdir), out=fv.out, split=fv.split)
   print(f'Wrote {path}')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

@@ -47,7 +47,7 @@ to the file: a later line for a step supersedes the earlier one, and a line
 whose step is lower than one already logged starts a new session from an
 earlier checkpoint, so the earlier session's lines from that step on are
 dropped (they belong to weights that were lost). An unreadable line is an
-error naming the file and line (`skip_corrupt` / `--skip-corrupt`: skipped
+error naming the file and line (`skip_corrupt` / `--skip_corrupt`: skipped
 with a warning, as report.py does).
 """
 
@@ -178,7 +178,7 @@ def summarize_run(workdir: str, *, skip_corrupt: bool = False) -> dict:
                for p in bad]
   if problems:
     if not skip_corrupt:
-      raise ResultsError('\n'.join(problems) + '\n(skip_corrupt=True, or --skip-corrupt, skips '
+      raise ResultsError('\n'.join(problems) + '\n(skip_corrupt=True, or --skip_corrupt, skips '
                          'unreadable lines and files with a warning)')
     for p in problems:
       print(f'warning: {p}', file=sys.stderr)

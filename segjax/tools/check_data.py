@@ -1,6 +1,6 @@
 r"""Scan a dataset before training: read every example, report its statistics and problems.
 
-  python -m segjax.tools.check_data --config=configs/deeplabv3plus.py:dataset=camvid,runlocal \
+  segjax check_data --config=configs/deeplabv3plus.py:dataset=camvid,runlocal \
       --config.data.root=../shared/data/camvid [--split=train,val] [--json=out.json] \
       [--max_examples=N]
 

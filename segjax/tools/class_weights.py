@@ -1,6 +1,6 @@
 r"""Class weights for the loss from a split's label statistics.
 
-  python -m segjax.tools.class_weights --config=configs/deeplabv3plus.py:dataset=camvid \
+  segjax class_weights --config=configs/deeplabv3plus.py:dataset=camvid \
       --config.data.root=../shared/data/camvid [--split=train] [--method=median_frequency]
 
 Masks are read exactly as training reads them (the source's mask decoding,

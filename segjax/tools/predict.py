@@ -5,7 +5,7 @@ r"""Prediction on image files with a trained run: class-index PNGs and overlays.
       --checkpoint=best --config.eval.mc_samples=16
 
 The model, its preprocessing and the label spec come from the run
-(segjax.run_dir: the config saved with the checkpoint; `--config.eval.*`
+(segjax.run_dir: its config.json; `--config.eval.*`
 may change the inference: mode, scales, flip, mc_samples); the weights from
 its checkpoints (`latest`, `best` or a step). An output folder that already
 holds predictions (`*_pred.png`) is refused unless `--overwrite`.

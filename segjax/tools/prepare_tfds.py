@@ -1,7 +1,7 @@
 r"""Prepares a TFDS segmentation dataset in array_record format, without TF.
 
-  python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
-  python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
+  segjax prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
+  segjax prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
       --manual_dir=MANUAL_DIR   # holding images.tar.gz + annotations.tar.gz
 
 The result is a normal TFDS dataset (same name, version and features as the

@@ -1,12 +1,12 @@
 r"""A self-contained HTML report of a run, built from its workdir alone.
 
-  python -m segjax.tools.report --workdir=runs/quickstart    # -> runs/quickstart/report.html
+  segjax report --workdir=runs/deeplabv3plus    # -> runs/deeplabv3plus/report.html
 
 `write_report(workdir)` reads what training and evaluation leave in the
 workdir: `config.json` (the run header), `metrics.jsonl` (loss, learning-rate
 and validation curves), the `eval_<split>_<step>.json` files (a summary of
 every evaluation, and the per-class table and confusion-matrix heatmap of the
-latest one) and the prediction panels in `images/` (and, from `--mode=eval`,
+latest one) and the prediction panels in `images/` (and, from `segjax evaluate`,
 `eval_<split>_<step>/panel.png`). Charts are inline SVG and images are
 embedded as base64 PNG, so the one HTML file can be copied anywhere; no
 JavaScript, no external CSS. Nothing needs jax or a checkpoint.

@@ -150,7 +150,11 @@ def removed_on_failure(workdir: str):
   and the block created it: a refused config or a missing data root leaves
   nothing behind. A directory that existed before, or that holds a
   checkpoint, is never touched."""
+  workdir = os.path.abspath(workdir)
   existed = os.path.exists(workdir)
+  top = workdir  # The highest folder the block may create (runs/ of runs/x, say).
+  while not os.path.exists(os.path.dirname(top)) and os.path.dirname(top) != top:
+    top = os.path.dirname(top)
   try:
     yield
   except Exception:
@@ -158,6 +162,10 @@ def removed_on_failure(workdir: str):
     if (not existed and os.path.isdir(workdir) and not (os.path.isdir(ckpts) and os.listdir(ckpts))
         and jax.process_index() == 0):
       shutil.rmtree(workdir, ignore_errors=True)
+      parent = os.path.dirname(workdir)
+      while parent.startswith(top) and os.path.isdir(parent) and not os.listdir(parent):
+        os.rmdir(parent)  # Empty folders it created above the workdir.
+        parent = os.path.dirname(parent)
     raise
 
 

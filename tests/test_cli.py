@@ -132,13 +132,14 @@ def test_a_workdir_that_existed_is_never_removed(tmp_path):
       (new / 'checkpoints' / '2').mkdir(parents=True)  # A checkpoint: kept.
       raise RuntimeError('failed')
   assert (new / 'checkpoints' / '2').is_dir()
-  gone = tmp_path / 'gone'
+  gone = tmp_path / 'runs' / 'gone'
   with pytest.raises(RuntimeError):
     with cli.removed_on_failure(str(gone)):
       (gone / 'checkpoints').mkdir(parents=True)
       (gone / 'config.json').write_text('{}')
       raise RuntimeError('failed')
-  assert not gone.exists()
+  assert not (tmp_path / 'runs').exists()  # Nor the folder created above it.
+  assert sorted(os.listdir(tmp_path)) == ['mine', 'new']
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -17,7 +17,6 @@ command says so in one line and exits 1; the metrics are already on stdout.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Mapping
 

@@ -128,7 +128,7 @@ def test_loader_runs_without_model_code(run_dir, tmp_path):
   script = textwrap.dedent(f"""
     import sys; sys.path.insert(0, {str(ROOT)!r})
     import numpy as np
-    from segjax.tools.export import load
+    from segjax.exported import load
     model = load({str(out)!r})
     np.save({str(tmp_path / 'logits.npy')!r}, np.asarray(model(np.load({str(tmp_path / 'images.npy')!r}))))
     bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax', 'grain')

@@ -4,7 +4,7 @@ Multi-grid (1, 2, 4) in the last stage, ASPP with rates 6/12/18 at output
 stride 16 (12/24/36 at 8) and image pooling, BatchNorm everywhere. With
 `torchvision` the model is exactly torchvision's deeplabv3_resnet50/101
 (output stride 8, no multi-grid, auxiliary FCN head on layer3), so weights
-converted with `python -m segjax.convert --from=torchvision
+converted with `python -m segjax.tools.convert_weights --from=torchvision
 --arch=deeplabv3_resnet50` load as the whole model.
 
 Arguments:
@@ -22,7 +22,7 @@ rate, batch 8 and 300 steps (ResNet-50 is ~20x MobileNetV2-0.35's compute per
 image).
 
   python launch.py --config=configs/deeplabv3.py:runlocal --workdir=runs/dlv3
-  python -m segjax.convert --from=torchvision --arch=resnet50 --weights=resnet50.pth \
+  python -m segjax.tools.convert_weights --from=torchvision --arch=resnet50 --weights=resnet50.pth \
       --out=weights/resnet50
   python launch.py --config=configs/deeplabv3.py:dataset=camvid \
       --config.data.root=/path/to/camvid --config.model.pretrained=weights/resnet50 \

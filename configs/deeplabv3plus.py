@@ -51,7 +51,7 @@ def get_sweep(arg=None):
   """Learning rate x output stride (4 points) around this config's recipe:
 
   python launch.py --config=configs/deeplabv3plus.py:runlocal --sweep --workdir=runs/sweep
-  python -m segjax.results runs/sweep --sort=best_mIoU
+  segjax results --workdir=runs/sweep --sort=best_mIoU
   """
   # Imported here: loading a config stays free of the training stack.
   from segjax import sweep  # pylint: disable=g-import-not-at-top

@@ -12,7 +12,7 @@ Arguments:
   dataset=NAME      pets (default) | synthetic | camvid | isbi | folder
   freeze_encoder    keep the encoder fixed (the tutorial's down_stack.trainable = False)
 
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=~/tensorflow_datasets
+  python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir=~/tensorflow_datasets
   python launch.py --config=configs/unet_mobilenetv2.py \
       --config.data.root=~/tensorflow_datasets --workdir=runs/unet_pets
 """

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.allow_random_frozen_encoder = False
   c.model.dtype = 'float32'   # Compute dtype; parameters stay float32.
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific extra keywords.
-  # Directory written by `python -m segjax.convert` ('' = random init). A
+  # Directory written by `python -m segjax.tools.convert_weights` ('' = random init). A
   # 'backbone' conversion initialises params['backbone'], a 'model' one the
   # whole model; leaves matching pretrained_exclude (comma-separated globs on
   # 'params/...' or 'batch_stats/...' paths, e.g. 'params/classifier/*') keep

@@ -1,15 +1,16 @@
 """Evaluation: one dataset-level confusion matrix from jitted, sharded batches.
 
-`evaluate_split` is used for periodic validation during training and by
-`--mode=eval`, which restores a checkpoint (latest, best or a step) and
-evaluates it on any split under the data root.
+The library part: inference modes (whole image, sliding window, test-time
+augmentation, Monte Carlo dropout), the jitted eval step, `evaluate_split`
+and `write_result`. `evaluate_split` is used for periodic validation during
+training and by `segjax.tools.evaluate` (`--mode=eval` of launch.py), which
+restores a checkpoint of a run and evaluates it on any split.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -362,45 +363,3 @@ def write_prediction_images(workdir: str, split: str, step: int, panel: dict, co
 
 def _safe(split: str) -> str:
   return ''.join(c if c.isalnum() or c in '-_' else '_' for c in split).strip('_')
-
-
-def run(config, workdir: str) -> dict:
-  """--mode=eval: restore a checkpoint from workdir and evaluate config.eval.split."""
-  # Imported here: train imports this module.
-  from segjax import checkpoint as ckpt_lib
-  from segjax import train as train_lib
-
-  mesh = sharding_lib.make_mesh()
-  model = train_lib.build_model(config)
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
-                               keep=int(config.checkpoint.keep),
-                               keep_best=int(config.checkpoint.keep_best), async_save=False)
-  try:
-    step = ckpt.resolve(str(config.eval.checkpoint))
-    abstract = train_lib.abstract_state(config, model, mesh)
-    # With the config, a mismatch error names the differing config keys too.
-    state, _ = ckpt.restore(step, abstract, config=json.loads(config.to_json_best_effort()))
-  finally:
-    ckpt.close()
-  split = config.eval.split or config.data.val_split
-  eval_step = make_eval_step(model, config, mesh)
-  result, panel = evaluate_split(eval_step, train_lib.variables_of(state), config, split, mesh,
-                                 num_panel_images=int(config.eval.num_panel_images))
-  path = write_result(workdir, split, step, result)
-  ema_vars = train_lib.ema_variables(state)
-  if ema_vars is not None:  # Trained with ema.decay > 0: evaluate the average too.
-    ema_result, _ = evaluate_split(eval_step, ema_vars, config, split, mesh)
-    write_result(workdir, split, step, ema_result, suffix='_ema')
-    result['ema'] = scalar_metrics(ema_result)
-    if jax.process_index() == 0:
-      print(metrics_lib.format_table(ema_result, title=f'{split} @ step {step}, EMA weights'),
-            flush=True)
-  if panel is not None and jax.process_index() == 0:
-    image_dir = write_prediction_images(workdir, split, step, panel, config)
-    logging.info('Wrote predictions to %s', image_dir)
-  if jax.process_index() == 0:
-    print(metrics_lib.format_table(
-        result, title=f'{split} @ step {step} ({config.eval.checkpoint}), '
-        f'{result["num_examples"]} images'), flush=True)
-    logging.info('Wrote %s', path)
-  return {'step': step, 'split': split, **result}

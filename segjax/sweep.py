@@ -13,8 +13,8 @@ point's optional '_name' entry names its directory:
         {'config.model.output_stride': [8, 16]})        # 4 points
 
   python launch.py --config=configs/x.py --sweep --workdir=runs/x
-  python launch.py --config=configs/x.py --sweep --workdir=runs/x --emit=tpu \
-      --tpu_name=NAME --tpu_zone=ZONE
+  segjax sweep --config=configs/x.py --workdir=runs/x --emit=tpu \
+      --tpu_name=NAME --tpu_zone=ZONE       # one launch command per point
 
 `run` validates every point's config before training any, then trains them one
 after another in `<workdir>/<point name>` (the name spells the overrides, e.g.
@@ -23,7 +23,7 @@ status: a finished point is skipped when the sweep runs again, and the one in
 progress resumes from its own checkpoints. A point that fails (a non-finite
 loss, say) is recorded as failed and the sweep goes on; it is retried the next
 time, and the sweep ends with an error listing the failures. `<workdir>/
-sweep.json` lists every point; `python -m segjax.results <workdir>` tabulates
+sweep.json` lists every point; `segjax results <workdir>` tabulates
 them.
 """
 
@@ -34,18 +34,21 @@ import contextlib
 import copy
 import difflib
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
 import re
-import shlex
+import sys
 import time
 import traceback
 from typing import Any, Callable, Iterable, Sequence
 
+import jax
 import ml_collections
 
 from segjax import config as config_lib
+from segjax import train
 
 Point = dict  # dotted key -> value
 NAME_KEY = '_name'  # A point's optional own name (instead of one spelled from its overrides).
@@ -232,7 +235,6 @@ def expand(config: ml_collections.ConfigDict, points: Sequence[Point]) -> list[d
 
 def load_sweep(config_file: str, arg: str | None) -> list[Point]:
   """get_sweep(arg) of a config file (path[:arg] split by the caller)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location('segjax_sweep_config', config_file)
   if spec is None or spec.loader is None:
     raise SweepError(f'cannot load config file {config_file}')
@@ -274,32 +276,6 @@ def launch_args(config_arg: str, workdir: str, overrides: Point,
           *(f'--config.{k}={flag_value(v)}' for k, v in merged.items())]
 
 
-def emit_commands(config_arg: str, workdir: str, points: Sequence[dict], *, emit: str,
-                  base_overrides: dict | None = None, tpu_name: str = '', tpu_zone: str = '',
-                  tpu_project: str | None = None) -> list[str]:
-  """One shell command per point: 'local' (python launch.py ...) or 'tpu' (gcloud ssh
-  --worker=all on a TPU VM, see segjax.tpu)."""
-  commands = []
-  for p in points:
-    args = launch_args(config_arg, os.path.join(workdir, p['name']), p['overrides'],
-                       base_overrides)
-    if emit == 'local':
-      commands.append(shlex.join(['python', 'launch.py', *args]))
-    elif emit == 'tpu':
-      if not tpu_name or not tpu_zone:
-        raise SweepError('--emit=tpu needs --tpu_name and --tpu_zone')
-      from segjax import tpu  # pylint: disable=g-import-not-at-top
-      try:
-        argv = tpu.launch_argv(name=tpu_name, zone=tpu_zone, launch_args=args,
-                               project=tpu_project)
-      except ValueError as e:
-        raise SweepError(f'--emit=tpu: {e}') from e
-      commands.append(shlex.join(argv))
-    else:
-      raise SweepError(f"emit={emit!r}: expected 'local' or 'tpu'")
-  return commands
-
-
 # --------------------------------------------------------------------------- running
 
 SWEEP_FILE = 'sweep.json'
@@ -331,11 +307,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, points: Sequence[Point]
         is_main: bool | None = None, log: Callable[[str], None] = print) -> list[dict]:
   """Trains every point in turn (see the module docstring); returns the expanded
   points with their 'status'. Raises SweepError if any point failed."""
-  from segjax import train  # pylint: disable=g-import-not-at-top
   if train_fn is None:
     train_fn = train.train_and_evaluate
   if is_main is None:
-    import jax  # pylint: disable=g-import-not-at-top
     is_main = jax.process_index() == 0
   expanded = expand(config, points)
   os.makedirs(workdir, exist_ok=True)
@@ -384,3 +358,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, points: Sequence[Point]
     raise SweepError(f'{len(failed)} of {len(expanded)} sweep points failed (rerun the sweep '
                      f'to retry them):\n{lines}')
   return expanded
+
+
+def run_from_file(config: ml_collections.ConfigDict, workdir: str, config_arg: str,
+                  base_overrides: dict | None = None, log: Callable[[str], None] = print) -> str:
+  """`launch.py --sweep`: the points of the config file's get_sweep(arg), trained
+  by `run`. Returns 'done', 'preempted' (SIGTERM; the checkpoint is saved and the
+  next run resumes) or 'failed' (the failures are printed on stderr)."""
+  path, arg = split_config_arg(config_arg)
+  try:
+    run(config, workdir, load_sweep(path, arg), config_arg=config_arg,
+        base_overrides=base_overrides, log=log)
+  except train.Preempted as e:
+    log(str(e))
+    return 'preempted'
+  except SweepError as e:
+    print(f'ERROR: {e}', file=sys.stderr, flush=True)
+    return 'failed'
+  return 'done'

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from clu import metrics as clu_metrics
 from clu import parameter_overview
@@ -41,34 +41,24 @@ from segjax import control as control_lib
 from segjax import evaluate as eval_lib
 from segjax import losses
 from segjax import metrics as metrics_lib
-from segjax import models
 from segjax import optim
 from segjax import preflight
 from segjax import sharding as sharding_lib
 from segjax import writers
+from segjax import state as state_lib
 from segjax.data import labels as labels_lib
 from segjax.data import pipeline
 from segjax.data import transforms
-from segjax.models import input_features
 
 
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; a plain pytree."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  # Steps whose loss or gradients were not finite are not applied; the first
-  # such step is recorded so the host loop can stop with a precise error.
-  num_nonfinite: jax.Array
-  first_nonfinite_step: jax.Array
-  # Exponential moving average {'params', 'batch_stats'} when ema.decay > 0,
-  # else {}.
-  ema: Any = flax.struct.field(default_factory=dict)
-  # Multiplies the optimizer's updates (= its learning rate); lowered by
-  # reduce_on_plateau, else 1.
-  lr_scale: Any = flax.struct.field(default_factory=lambda: jnp.ones((), jnp.float32))
+# The state and model factory live in segjax.state; these names stay for callers.
+TrainState = state_lib.TrainState
+build_model = state_lib.build_model
+init_state = state_lib.init_state
+abstract_state = state_lib.abstract_state
+variables_of = state_lib.variables_of
+ema_variables = state_lib.ema_variables
+split_outputs = state_lib.split_outputs
 
 
 # The train scalars of a log interval: means over its steps, and the learning
@@ -101,102 +91,6 @@ class Preempted(Exception):
                      'run the same command again to resume')
     self.step = step
     self.directory = directory
-
-
-def build_model(config):
-  m = config.model
-  kwargs = m.kwargs.to_dict()
-  if m.get('remat', 'none') != 'none':  # Backbone rematerialisation (layers.remat_block).
-    kwargs['backbone_kwargs'] = dict(dict(kwargs.get('backbone_kwargs', ())), remat=m.remat,
-                                     remat_policy=m.remat_policy)
-  model = models.get_model(
-      m.name, num_classes=int(config.data.num_classes), backbone=m.backbone,
-      output_stride=int(m.output_stride), width_multiplier=float(m.width_multiplier),
-      freeze_encoder=bool(m.freeze_encoder), dtype=m.dtype, **kwargs)
-  if config.data.get('input_channels', 'rgb') == 'bgr_lab':
-    model = input_features.BgrLabInput(model, tuple(config.data.mean), tuple(config.data.std))
-  return model
-
-
-def split_outputs(outputs) -> tuple[jax.Array, jax.Array | None]:
-  """(logits, aux logits or None) from a model's output: an array, or a dict
-  {'logits', 'aux'} for models with an auxiliary head."""
-  if isinstance(outputs, dict):
-    return outputs['logits'], outputs.get('aux')
-  return outputs, None
-
-
-def load_pretrained(config) -> tuple[dict, dict] | None:
-  """(variables, meta) from config.model.pretrained, or None."""
-  if not config.model.pretrained:
-    return None
-  from segjax.models import convert  # pylint: disable=g-import-not-at-top
-  return convert.load_pretrained(config.model.pretrained)
-
-
-def _exclude_patterns(config) -> tuple[str, ...]:
-  return tuple(p.strip() for p in str(config.model.pretrained_exclude).split(',') if p.strip())
-
-
-def variables_of(state: TrainState) -> dict:
-  return {'params': state.params, 'batch_stats': state.batch_stats}
-
-
-def _init_fn(config, model, tx, pretrained_meta=None):
-  h, w = tuple(config.data.crop_size)
-
-  def init(rng, pretrained=None):
-    params_rng, dropout_rng = jax.random.split(rng)
-    variables = model.init({'params': params_rng, 'dropout': dropout_rng},
-                           jnp.zeros((1, h, w, 3), jnp.float32), train=False)
-    if pretrained is not None:
-      from segjax.models import convert  # pylint: disable=g-import-not-at-top
-      variables = convert.merge_pretrained(variables, pretrained, pretrained_meta,
-                                           _exclude_patterns(config))
-    params = variables['params']
-    batch_stats = variables.get('batch_stats', {})
-    ema = ({'params': params, 'batch_stats': batch_stats}
-           if float(config.ema.decay) > 0 else {})
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), num_nonfinite=jnp.zeros((), jnp.int32),
-                      first_nonfinite_step=jnp.full((), -1, jnp.int32), ema=ema,
-                      lr_scale=jnp.ones((), jnp.float32))
-  return init
-
-
-def init_state(config, model, tx, mesh) -> TrainState:
-  """Initialises the state on device, replicated over the mesh; with
-  config.model.pretrained, the converted weights replace the random init."""
-  rng = jax.random.fold_in(jax.random.key(int(config.seed)), 0)
-  loaded = load_pretrained(config)
-  repl = sharding_lib.replicated(mesh)
-  if loaded is None:
-    return jax.jit(_init_fn(config, model, tx), out_shardings=repl)(rng)
-  pretrained, meta = loaded
-  init = jax.jit(_init_fn(config, model, tx, meta), out_shardings=repl)
-  # Only the leaves the model has travel to the device.
-  from segjax.models import convert  # pylint: disable=g-import-not-at-top
-  dropped = convert.dropped_leaves(_variable_shapes(config, model), pretrained, meta)
-  if dropped:
-    writers.info(f'Pretrained {meta["source"]}/{meta["arch"]}: {len(dropped)} leaves the model '
-                 f'does not have are not used: {dropped[:6]}')
-  return init(rng, pretrained)
-
-
-def _variable_shapes(config, model) -> dict:
-  h, w = tuple(config.data.crop_size)
-  x = jnp.zeros((1, h, w, 3), jnp.float32)
-  return jax.eval_shape(lambda: model.init({'params': jax.random.key(0),
-                                            'dropout': jax.random.key(1)}, x, train=False))
-
-
-def abstract_state(config, model, mesh, tx=None) -> TrainState:
-  """Shapes, dtypes and shardings of the train state, without computing it."""
-  if tx is None:
-    tx, _ = optim.make_optimizer(config)
-  shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(0))
-  repl = sharding_lib.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
 def make_train_step(config, model, tx, schedule) -> Callable:
@@ -338,11 +232,6 @@ def update_ema(ema, new, step: jax.Array, decay: float):
   t = step.astype(jnp.float32)
   d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
   return jax.tree.map(lambda e, n: d * e + (1.0 - d) * n, ema, new)
-
-
-def ema_variables(state: TrainState) -> dict | None:
-  """The EMA variables to evaluate, or None when EMA is off."""
-  return dict(state.ema) if state.ema else None
 
 
 def jit_train_step(step_fn: Callable, mesh) -> Callable:
@@ -680,3 +569,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   writers.info(metrics_lib.format_table(
       result, title=f'{val_split} @ step {final_step}, {result["num_examples"]} images'))
   return result
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """train_and_evaluate for a command line: True when training ended; False
+  when it was preempted (SIGTERM) after saving a checkpoint, which is printed
+  and is a clean exit, as a preempted VM's restart script expects."""
+  try:
+    train_and_evaluate(config, workdir)
+  except Preempted as e:
+    print(e, flush=True)
+    return False
+  return True

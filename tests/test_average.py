@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from segjax import average
+from segjax.tools import average_checkpoints as average
+from segjax.tools import evaluate as evaluate_tool
 from segjax import checkpoint as ckpt_lib
+from segjax import cli
 from segjax import evaluate
 from segjax import sharding as sharding_lib
 from segjax import train
@@ -43,6 +45,11 @@ def _restore(workdir, config):
   finally:
     ckpt.close()
   return steps, state, meta
+
+
+def _cli(*argv) -> int:
+  return cli.invoke(average.define_flags, average.main, list(argv),
+                    prog='segjax average_checkpoints')
 
 
 def _flat(tree):
@@ -124,7 +131,7 @@ def test_best_and_latest_select_the_right_steps(run):
 
 
 def test_cli_error_names_missing_steps(run, tmp_path, capsys):
-  assert average.main([f'--workdir={run}', '--steps=4,8', f'--out={tmp_path / "x"}']) == 2
+  assert _cli(f'--workdir={run}', '--steps=4,8', f'--out={tmp_path / "x"}') == 2
   err = capsys.readouterr().err
   assert 'steps [8] are not in' in err and '[2, 4, 6]' in err
   assert not (tmp_path / 'x').exists()
@@ -134,8 +141,7 @@ def test_output_dir_evaluates_as_the_mean_of_its_sources(run, tmp_path):
   out = str(tmp_path / 'avg')
   assert average.average(run, 'latest:2', out)['steps'] == [4, 6]
   config = average.load_config(out)  # The config comes from the output dir.
-  config.eval.checkpoint = 'latest'
-  result = evaluate.run(config, out)
+  result = evaluate_tool.run(out)
   assert result['step'] == 6
   assert os.path.isfile(os.path.join(out, 'eval', 'val_00000006.json'))
 
@@ -173,8 +179,7 @@ def _bn_inputs(model, variables, images, key):
 
 def test_recompute_bn_is_the_average_of_batch_statistics(run, tmp_path):
   out = str(tmp_path / 'swa')
-  assert average.main([f'--workdir={run}', '--steps=best:2', f'--out={out}',
-                       '--recompute_bn=2']) == 0
+  assert _cli(f'--workdir={run}', '--steps=best:2', f'--out={out}', '--recompute_bn=2') == 0
   config = average.load_config(run)
   _, state, meta = _restore(out, config)
   assert meta['batch_stats'] == 'recomputed over 2 training batches'

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from segjax import check_data
+from segjax.tools import check_data
 from segjax import config as config_lib
 from segjax.data import sources
 
@@ -128,7 +128,7 @@ def get_config(arg=None):
 
 def _cli(config_file, root, *flags):
   return subprocess.run(
-      [sys.executable, '-m', 'segjax.check_data', f'--config={config_file}',
+      [sys.executable, '-m', 'segjax.tools.check_data', f'--config={config_file}',
        f'--config.data.root={root}', *flags], cwd=ROOT, capture_output=True, text=True,
       timeout=120)
 

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from configs import common
-from segjax import class_weights
+from segjax.tools import class_weights
 from segjax import config as config_lib
 from tests.test_config import load
 
@@ -161,7 +161,7 @@ def test_camvid_train_split_against_published_weights():
 @pytest.mark.skipif(not CAMVID.is_dir(), reason=f'CamVid not found at {CAMVID}')
 def test_camvid_command_line():
   out = subprocess.run(
-      [sys.executable, '-m', 'segjax.class_weights',
+      [sys.executable, '-m', 'segjax.tools.class_weights',
        '--config=configs/deeplabv3plus.py:dataset=camvid', f'--config.data.root={CAMVID}',
        '--ignored_as_class'], cwd=ROOT, capture_output=True, text=True, check=True).stdout
   assert out.strip().splitlines()[-1] == (

@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from segjax import train
-from segjax.data import prepare_tfds
+from segjax.tools import prepare_tfds
 from tests.test_config import load
 from tests.test_tfds_source import _pack, _write_fake_pet
 from tests.test_train import shrink_model
@@ -33,18 +33,23 @@ def _shrink(c, size=(32, 32)):
 
 
 def test_readme_command_trains_resumes_and_prints_table(tmp_path):
-  cmd = [sys.executable, 'launch.py', '--config=configs/deeplabv3plus.py:runlocal',
-         f'--workdir={tmp_path}', '--config.total_steps=2', '--config.log_every=1',
-         '--config.schedule.warmup_steps=0', '--config.data.synthetic_val_examples=8',
-         '--config.checkpoint.async_save=False']
-  first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  """The README command without --workdir: it writes to runs/<config>_<arg>
+  under the current directory, says so, and the same command resumes."""
+  cmd = [sys.executable, str(ROOT / 'launch.py'),
+         f'--config={ROOT}/configs/deeplabv3plus.py:runlocal', '--config.total_steps=2',
+         '--config.log_every=1', '--config.schedule.warmup_steps=0',
+         '--config.data.synthetic_val_examples=8', '--config.checkpoint.async_save=False']
+  first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
+  workdir = Path('runs') / 'deeplabv3plus_runlocal'
+  assert first.stdout.splitlines()[0] == f'Writing to {workdir}'
+  assert (tmp_path / workdir / 'checkpoints' / '2').is_dir()
   for name in ('aAcc', 'mAcc', 'mIoU', 'fwIoU', 'background', 'disc', 'square', 'triangle'):
     assert name in first.stdout
   assert 'val @ step 2, 8 images' in first.stdout
   # The same command again (README): it finds the finished run, trains nothing
   # and prints the table again. (Resuming mid-run: tests/test_kill_resume.py.)
-  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'Resuming from step 2' in again.stdout and 'val @ step 2, 8 images' in again.stdout
   assert [l for l in again.stdout.splitlines() if l.startswith('aAcc')] == [
@@ -102,9 +107,10 @@ def test_isbi_binary_run(tmp_path):
   assert result['num_pixels'] == 2 * 512 * 512  # Binary masks: nothing ignored.
 
 
-def test_launch_predict_mode(tmp_path):
-  """--mode=predict through launch.py on a trained run: palette PNGs and
-  overlays for a folder, the corrupt file counted and named, exit 0."""
+def test_segjax_predict_command(tmp_path):
+  """`segjax predict` (python -m segjax.tools predict) on a trained run:
+  palette PNGs and overlays for a folder, the corrupt file counted and named,
+  exit 0."""
   import numpy as np
   from PIL import Image
   from tests.test_train import tiny_config
@@ -119,8 +125,8 @@ def test_launch_predict_mode(tmp_path):
   (photos / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really')
   out = tmp_path / 'out'
   proc = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/deeplabv3plus.py:runlocal',
-       f'--workdir={workdir}', '--mode=predict', f'--input={photos}', f'--output={out}'],
+      [sys.executable, '-m', 'segjax.tools', 'predict', f'--workdir={workdir}',
+       f'--input={photos}', f'--out={out}'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert '2 images predicted, 1 failed' in proc.stdout

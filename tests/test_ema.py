@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
-from segjax import evaluate
+from segjax.tools import evaluate as evaluate_tool
 from segjax import optim
 from segjax import sharding
 from segjax import train
@@ -61,7 +61,7 @@ def test_ema_is_evaluated_alongside_and_in_eval_mode(tmp_path):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
   assert any('val_ema/mIoU' in r for r in rows)
-  out = evaluate.run(c, workdir)
+  out = evaluate_tool.run(workdir)
   with open(os.path.join(workdir, 'eval', 'val_00000004_ema.json')) as f:
     written = json.load(f)
   assert out['ema']['mIoU'] == pytest.approx(written['mIoU'])

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from segjax import checkpoint as ckpt_lib
-from segjax import export
+from segjax import cli
+from segjax.tools import export
 from segjax import models
 from segjax import sharding
 from segjax import train
@@ -46,7 +47,7 @@ def run_dir(tmp_path_factory):
 
 
 def _restored(workdir, step):
-  """(config, variables) of checkpoint `step`, restored without segjax.export."""
+  """(config, variables) of checkpoint `step`, restored without segjax.tools.export."""
   config = tiny_config()
   model = train.build_model(config)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(workdir)), async_save=False)
@@ -127,7 +128,7 @@ def test_loader_runs_without_model_code(run_dir, tmp_path):
   script = textwrap.dedent(f"""
     import sys; sys.path.insert(0, {str(ROOT)!r})
     import numpy as np
-    from segjax.export import load
+    from segjax.exported import load
     model = load({str(out)!r})
     np.save({str(tmp_path / 'logits.npy')!r}, np.asarray(model(np.load({str(tmp_path / 'images.npy')!r}))))
     bad = sorted(m for m in sys.modules if m.split('.')[0] in ('flax', 'orbax', 'optax', 'grain')
@@ -144,7 +145,7 @@ def test_loader_runs_without_model_code(run_dir, tmp_path):
 def test_cli_exports_a_step_for_several_platforms(run_dir, tmp_path):
   out = tmp_path / 'cli'
   proc = subprocess.run(
-      [sys.executable, '-m', 'segjax.export', f'--workdir={run_dir}', f'--out={out}',
+      [sys.executable, '-m', 'segjax.tools.export', f'--workdir={run_dir}', f'--out={out}',
        '--checkpoint=2', '--batch=1', '--platforms=cpu,cuda,tpu'],
       capture_output=True, text=True, timeout=300, cwd=str(ROOT))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,21 +163,25 @@ def test_cli_exports_a_step_for_several_platforms(run_dir, tmp_path):
   assert np.abs(ref4 - ref2).max() > 100 * REL_TOL * np.abs(ref2).max()
 
 
+def _cli(*argv) -> int:
+  return cli.invoke(export.define_flags, export.main, list(argv), prog='segjax export')
+
+
 def test_bad_checkpoint_names_the_kept_steps(run_dir, tmp_path, capsys):
-  assert export.main([f'--workdir={run_dir}', f'--out={tmp_path / "x"}',
-                      '--checkpoint=3']) == 2
+  assert _cli(f'--workdir={run_dir}', f'--out={tmp_path / "x"}', '--checkpoint=3') == 2
   err = capsys.readouterr().err
   assert "checkpoint '3'" in err and '[2, 4]' in err
   assert not (tmp_path / 'x').exists()
 
 
-def test_symbolic_hw_is_refused_for_deeplab(run_dir, tmp_path):
+def test_symbolic_hw_is_refused_for_deeplab(run_dir, tmp_path, capsys):
   with pytest.raises(export.ExportError, match="'deeplabv3plus' cannot be exported with "
                      'symbolic H/W'):
     export.export_workdir(str(run_dir), str(tmp_path / 'hw'), symbolic_hw=True)
-  with pytest.raises(SystemExit):  # argparse: --symbolic_hw with --height.
-    export.main([f'--workdir={run_dir}', f'--out={tmp_path / "hw"}', '--symbolic_hw',
-                 '--height=32'])
+  capsys.readouterr()
+  assert _cli(f'--workdir={run_dir}', f'--out={tmp_path / "hw"}', '--symbolic_hw',
+              '--height=32') == 2
+  assert capsys.readouterr().err == 'ERROR: --symbolic_hw takes no --height/--width\n'
 
 
 def test_wrong_platform_and_corrupt_file(run_dir, tmp_path):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from segjax import evaluate
 from segjax import writers
+from segjax.tools import evaluate as evaluate_tool
 from segjax import models
 from segjax import train
 from tests.test_train import tiny_config
@@ -64,9 +65,7 @@ def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):
   c.eval_every = c.checkpoint_every = 2
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(c, workdir)
-  c.eval.mc_samples = 4
-  c.eval.num_panel_images = 2
-  result = evaluate.run(c, workdir)
+  result = evaluate_tool.run(workdir, {'eval.mc_samples': 4, 'eval.num_panel_images': 2})
   out = os.path.join(workdir, 'eval', 'val_00000002')
   names = sorted(os.listdir(out))
   # The 2 panel examples: the first and the last of the 8 (np.linspace(0, 7, 2)).
@@ -80,10 +79,8 @@ def test_eval_mode_writes_prediction_and_uncertainty_images(tmp_path):
   mc_panel_width = Image.open(os.path.join(out, 'panel.png')).size[0]
   assert 0.0 <= result['mIoU'] <= 1.0 and result['num_examples'] == 8
   # Without Monte Carlo sampling: predictions only.
-  c.eval.mc_samples = 1
-  c.eval.checkpoint = '2'
-  c.eval.split = 'train'
-  evaluate.run(c, workdir)
+  evaluate_tool.run(workdir, {'eval.mc_samples': 1, 'eval.num_panel_images': 2,
+                             'eval.checkpoint': '2', 'eval.split': 'train'})
   train_out = os.path.join(workdir, 'eval', 'train_00000002')
   assert sorted(os.listdir(train_out)) == ['0000_pred.png', '0063_pred.png', 'panel.png']
   # image | truth | prediction | entropy is wider than image | truth | prediction.

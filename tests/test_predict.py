@@ -1,4 +1,4 @@
-"""segjax.predict: class-index PNGs, overlays and uncertainty maps for image files."""
+"""segjax.tools.predict: class-index PNGs, overlays and uncertainty maps for image files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from segjax import checkpoint as ckpt_lib
 from segjax import config as config_lib
 from segjax import writers
 from segjax import optim
-from segjax import predict
+from segjax import cli
+from segjax.tools import predict
 from segjax import sharding
 from segjax import train
 from segjax.data import labels as labels_lib
@@ -278,17 +279,39 @@ def test_mc_samples_on_a_model_without_dropout_is_an_error(run_dir, input_dir, t
 def test_cli(run_dir, input_dir, tmp_path, capsys):
   out = tmp_path / 'out'
   proc = subprocess.run(
-      [sys.executable, '-m', 'segjax.predict', f'--workdir={run_dir}', f'--input={input_dir}',
-       f'--output={out}', '--batch_size=4', '--alpha=0.25'],
+      [sys.executable, '-m', 'segjax.tools.predict', f'--workdir={run_dir}', f'--input={input_dir}',
+       f'--out={out}', '--batch_size=4', '--alpha=0.25'],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
   assert '5 images predicted, 1 failed' in proc.stdout
   assert 'broken.png' in proc.stderr
   assert (out / 'sub' / 'e_pred.png').is_file() and (out / 'sub' / 'e_overlay.png').is_file()
   # Errors are one line naming the problem, exit status 2.
-  assert predict.main([f'--workdir={run_dir}', f'--input={input_dir}', f'--output={out}',
-                       '--checkpoint=999']) == 2
+  assert _cli(f'--workdir={run_dir}', f'--input={input_dir}', f'--out={out}', '--overwrite',
+              '--checkpoint=999') == 2
   assert "checkpoint '999' not in" in capsys.readouterr().err
-  assert predict.main([f'--workdir={tmp_path}', f'--input={input_dir}',
-                       f'--output={out}']) == 2
-  assert 'config.json: no such file' in capsys.readouterr().err
+  assert _cli(f'--workdir={tmp_path}', f'--input={input_dir}', f'--out={tmp_path / "o2"}') == 2
+  assert 'checkpoints: no such directory' in capsys.readouterr().err
+
+
+def _cli(*argv) -> int:
+  return cli.invoke(predict.define_flags, predict.main, list(argv), prog='segjax predict')
+
+
+def test_refuses_a_folder_with_earlier_predictions_unless_overwrite(run_dir, input_dir, tmp_path,
+                                                                    capsys):
+  """Issue 15.9: a second predict into the same folder is refused, naming the
+  folder and --overwrite; nothing there changes; --overwrite replaces."""
+  out = tmp_path / 'out'
+  predict.run(str(run_dir), str(input_dir / 'a.png'), str(out))
+  first = (out / 'a_pred.png').read_bytes()
+  (out / 'a_pred.png').write_bytes(b'earlier')  # Stands for an earlier, different prediction.
+  with pytest.raises(FileExistsError, match=f'{out} already holds 1 predictions'):
+    predict.run(str(run_dir), str(input_dir / 'a.png'), str(out))
+  assert (out / 'a_pred.png').read_bytes() == b'earlier'
+  capsys.readouterr()
+  assert _cli(f'--workdir={run_dir}', f'--input={input_dir / "a.png"}', f'--out={out}') == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and '--overwrite' in err and str(out) in err
+  predict.run(str(run_dir), str(input_dir / 'a.png'), str(out), overwrite=True)
+  assert (out / 'a_pred.png').read_bytes() == first

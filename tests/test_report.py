@@ -1,4 +1,4 @@
-"""segjax.report: the Markdown + PNG report of a workdir.
+"""segjax.tools.report: the Markdown + PNG report of a workdir.
 
 The workdir is written by the real writers (MetricWriter, evaluate.write_result,
 figures) from hand-made numbers, so every expected table cell comes from a
@@ -22,7 +22,7 @@ from PIL import Image
 from segjax import evaluate
 from segjax import figures
 from segjax import metrics as metrics_lib
-from segjax import report
+from segjax.tools import report
 from segjax import writers
 from segjax.data import labels as labels_lib
 
@@ -191,13 +191,13 @@ def test_older_runs_with_eval_files_in_the_workdir_root(workdir):
 
 def test_cli(workdir, tmp_path):
   out = tmp_path / 'r'
-  proc = subprocess.run([sys.executable, '-m', 'segjax.report', f'--workdir={workdir}',
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.report', f'--workdir={workdir}',
                          f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == f'Wrote {out / "report.md"}'
   assert (out / 'curves.png').is_file()
   missing = tmp_path / 'nope'
-  proc = subprocess.run([sys.executable, '-m', 'segjax.report', f'--workdir={missing}'],
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.report', f'--workdir={missing}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert str(missing) in proc.stderr and 'does not exist' in proc.stderr

@@ -1,4 +1,4 @@
-"""segjax.results: the table of a sweep's runs, from hand-written workdirs."""
+"""segjax.tools.results: the table of a sweep's runs, from hand-written workdirs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segjax import results
+from segjax.tools import results
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = 'nan'  # How the MetricWriter stores a non-finite value.
@@ -118,8 +118,13 @@ COLUMNS = ['run', 'status', 'optimizer.lr', 'model.output_stride', 'steps', 'tot
            'images_per_sec', 'train_seconds']
 
 
+def _arg(a) -> str:
+  """A directory argument is --workdir; flags pass as they are."""
+  return str(a) if str(a).startswith('--') else f'--workdir={a}'
+
+
 def run_cli(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, '-m', 'segjax.results', *map(str, args)], cwd=cwd,
+  return subprocess.run([sys.executable, '-m', 'segjax.tools.results', *map(_arg, args)], cwd=cwd,
                         capture_output=True, text=True, timeout=60)
 
 
@@ -313,7 +318,7 @@ def test_cli_stdout(sweep):
   proc = run_cli(sweep)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout == results.format_markdown(EXPECTED)
-  proc = run_cli(sweep, '--sort=best_mIoU', '--ascending', '--format=csv')
+  proc = run_cli(sweep, '--sort=best_mIoU', '--order=ascending', '--format=csv')
   assert proc.returncode == 0, proc.stderr
   assert [r['run'] for r in csv.DictReader(io.StringIO(proc.stdout))] == [
       'extra/plain', 'a', 'b', 'c']
@@ -326,7 +331,7 @@ def test_cli_out_files(sweep, tmp_path):
   assert proc.stdout == f'Wrote {out_csv} (4 runs)\n'
   assert out_csv.read_text() == results.format_csv(
       results.sort_rows(EXPECTED, 'images_per_sec'))
-  proc = run_cli(sweep, f'--out={out_md}', '--sort=optimizer.lr', '--descending')
+  proc = run_cli(sweep, f'--out={out_md}', '--sort=optimizer.lr', '--order=descending')
   assert proc.returncode == 0, proc.stderr
   assert out_md.read_text() == results.format_markdown(
       results.sort_rows(EXPECTED, 'optimizer.lr', descending=True))
@@ -349,6 +354,6 @@ def test_cli_errors(sweep, tmp_path):
     f.write('{"step": 60, "train/lo')  # Killed mid-write.
   proc = run_cli(sweep)
   assert proc.returncode == 2 and f'{path}:11: unreadable line' in proc.stderr
-  proc = run_cli(sweep, '--skip-corrupt')
+  proc = run_cli(sweep, '--skip_corrupt')
   assert proc.returncode == 0 and proc.stdout == results.format_markdown(EXPECTED)
   assert f'{path}:11' in proc.stderr

@@ -15,7 +15,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from segjax import results
+from segjax.tools import results
+from segjax.tools import sweep as sweep_tool
 from segjax import sweep
 from segjax import train
 from tests.test_config import CONFIG_ARGS
@@ -130,7 +131,7 @@ def test_emitted_flags_parse_back_to_the_same_config(tmp_path, monkeypatch):
                'config.checkpoint.async_save': True, 'config.optimizer.name': 'adamw',
                'config.seed': 3}
   [point] = sweep.expand(base, [overrides])
-  commands = sweep.emit_commands(f'{TINY}:steps=4', str(tmp_path / 'runs'), [point],
+  commands = sweep_tool.emit_commands(f'{TINY}:steps=4', str(tmp_path / 'runs'), [point],
                                  emit='local', base_overrides={'total_steps': 6})
   argv = shlex.split(commands[0])
   assert argv[:2] == ['python', 'launch.py']
@@ -145,7 +146,7 @@ def test_emitted_flags_parse_back_to_the_same_config(tmp_path, monkeypatch):
   assert parsed.to_dict() == expected.to_dict()
   assert parsed.data.crop_size == (16, 24) and parsed.total_steps == 6
 
-  tpu_commands = sweep.emit_commands(f'{TINY}:steps=4', '/mnt/runs', [point], emit='tpu',
+  tpu_commands = sweep_tool.emit_commands(f'{TINY}:steps=4', '/mnt/runs', [point], emit='tpu',
                                      tpu_name='seg-v4', tpu_zone='us-central2-b')
   tpu_argv = shlex.split(tpu_commands[0])
   assert tpu_argv[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'seg-v4']
@@ -155,7 +156,7 @@ def test_emitted_flags_parse_back_to_the_same_config(tmp_path, monkeypatch):
   assert launch == sweep.launch_args(f'{TINY}:steps=4', f'/mnt/runs/{point["name"]}',
                                      point['overrides'])
   with pytest.raises(sweep.SweepError, match='tpu_name'):
-    sweep.emit_commands(TINY, '/mnt/runs', [point], emit='tpu')
+    sweep_tool.emit_commands(TINY, '/mnt/runs', [point], emit='tpu')
 
 
 def test_run_skips_finished_points_records_failures_and_retries_them(tmp_path):
@@ -242,14 +243,27 @@ def test_three_point_sweep_end_to_end_with_interruption(tmp_path):
   assert results.format_markdown(results.collect(str(workdir))) in text
 
 
-def test_launch_refuses_url_workdirs_and_emit_without_sweep(tmp_path):
+def test_launch_refuses_url_workdirs_and_eval_with_sweep(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   for extra, message in ((['--workdir=gs://bucket/runs/x'], 'URLs are not supported'),
-                         ([f'--workdir={tmp_path}', '--emit=local'], '--emit needs --sweep')):
+                         ([f'--workdir={tmp_path}', '--sweep', '--mode=eval'],
+                          '--sweep trains; it cannot be combined with --mode=eval')):
     out = subprocess.run([sys.executable, str(ROOT / 'launch.py'), f'--config={TINY}', *extra],
                          capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_segjax_sweep_prints_the_launch_commands(tmp_path):
+  """`segjax sweep`: one launch.py command per point, with its workdir and overrides."""
+  out = subprocess.run([sys.executable, '-m', 'segjax.tools', 'sweep', f'--config={TINY}',
+                        f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  points = sweep.expand(_tiny(), sweep.load_sweep(TINY, None))
+  assert out.stdout.splitlines() == [
+      shlex.join(['python', 'launch.py', *sweep.launch_args(TINY, str(tmp_path / p['name']),
+                                                            p['overrides'])]) for p in points]
 
 
 def test_named_points_and_long_values():

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from segjax import config as config_lib
 from segjax.data import labels as labels_lib
-from segjax.data import prepare_tfds
+from segjax.tools import prepare_tfds
 from segjax.data import tfds_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,7 +225,7 @@ def test_cli_from_extracted_folders_without_tensorflow(tmp_path):
   _write_fake_pet(raw)
   env = dict(os.environ, PYTHONPATH=REPO)
   cli = subprocess.run(
-      [sys.executable, '-m', 'segjax.data.prepare_tfds', '--name=oxford_iiit_pet',
+      [sys.executable, '-m', 'segjax.tools.prepare_tfds', '--name=oxford_iiit_pet',
        f'--data_dir={tmp_path / "tfds"}', f'--manual_dir={raw}'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
   assert cli.returncode == 0, cli.stderr
@@ -289,7 +289,7 @@ def test_missing_data_says_how_to_prepare(tmp_path):
   assert isinstance(e.value, FileNotFoundError)
   msg = str(e.value)
   for part in (data_dir, "'train[:80%]'",
-               f'python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir={data_dir}\n',
+               f'python -m segjax.tools.prepare_tfds --name=oxford_iiit_pet --data_dir={data_dir}\n',
                f'--data_dir={data_dir} --manual_dir=MANUAL_DIR',
                'images.tar.gz', 'annotations.tar.gz', f'--config.data.root={data_dir}'):
     assert part in msg

@@ -1,4 +1,4 @@
-"""segjax.tpu: the gcloud commands, their quoting, dry run and execution (no gcloud, no network)."""
+"""segjax.tools.tpu: the gcloud commands, their quoting, dry run and execution (no gcloud, no network)."""
 
 import json
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from segjax import tpu
+from segjax import cli
+from segjax.tools import tpu
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU_VM = ['gcloud', 'compute', 'tpus', 'tpu-vm']
@@ -288,7 +289,7 @@ def test_run_name():
 
 
 def _main(capsys, *argv):
-  rc = tpu.main(list(argv))
+  rc = cli.invoke(tpu.define_flags, tpu.main, list(argv), prog='segjax tpu', positional=True)
   out, err = capsys.readouterr()
   return rc, out, err
 
@@ -323,7 +324,7 @@ def test_cli_dry_run_prints_the_commands(capsys):
 
 
 def test_cli_module_entry_point():
-  res = subprocess.run([sys.executable, '-m', 'segjax.tpu', 'delete', '--name=seg',
+  res = subprocess.run([sys.executable, '-m', 'segjax.tools.tpu', 'delete', '--name=seg',
                         f'--zone={ZONE}', '--project=p'], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
   assert res.returncode == 0, res.stderr
@@ -383,7 +384,7 @@ def test_execute_stops_at_a_failing_command(capsys, fake_gcloud, monkeypatch, tm
   monkeypatch.setenv('FAKE_FAIL', 'delete')
   rc, out, err = _main(capsys, 'delete', '--name=seg', f'--zone={ZONE}', '--execute')
   assert rc == 1
-  assert err.endswith('error: command failed with exit status 3: '
+  assert err.endswith('ERROR: command failed with exit status 3: '
                       f'gcloud compute tpus tpu-vm delete seg --zone={ZONE}\n')
 
 
@@ -417,18 +418,17 @@ def test_unknown_generation_needs_a_version(capsys):
     tpu.create_argv(name='seg', zone=ZONE, accelerator_type='v5e-8')
   rc, out, err = _main(capsys, 'create', '--name=seg', f'--zone={ZONE}',
                        '--accelerator_type=v4_8')
-  assert (rc, out) == (1, '')
-  assert err.startswith("error: unknown accelerator type 'v4_8'")
+  assert (rc, out) == (2, '')
+  assert err.startswith("ERROR: unknown accelerator type 'v4_8'") and err.count('\n') == 1
 
 
 @pytest.mark.parametrize('missing', ['--name', '--zone'])
 def test_missing_name_or_zone(capsys, missing):
   argv = [a for a in ['launch', '--name=seg', f'--zone={ZONE}']
           if not a.startswith(missing)] + ['--', '--config=c.py', '--workdir=w']
-  with pytest.raises(SystemExit) as e:
-    tpu.main(argv)
-  assert e.value.code == 2
-  assert f'the following arguments are required: {missing}' in capsys.readouterr().err
+  rc, out, err = _main(capsys, *argv)
+  assert (rc, out) == (2, '')
+  assert err == f'ERROR: {missing}=None: Flag {missing} must have a value other than None.\n'
 
 
 def test_bad_names_and_arguments(capsys):
@@ -445,10 +445,11 @@ def test_bad_names_and_arguments(capsys):
   with pytest.raises(TypeError, match='list of strings'):
     tpu.launch_argv(name='seg', zone=ZONE, launch_args='--config=c.py --workdir=w')
   rc, _, err = _main(capsys, 'launch', '--name=seg', f'--zone={ZONE}')
-  assert rc == 1 and 'launch needs the arguments of launch.py after --' in err
-  with pytest.raises(SystemExit):
-    tpu.main(['delete', '--name=seg', f'--zone={ZONE}', '--', '--x'])
-  assert 'arguments after -- are for launch only' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    tpu.main(['delete', '--name=seg', f'--zone={ZONE}', '--dry_run', '--execute'])
-  assert 'not allowed with argument' in capsys.readouterr().err
+  assert rc == 2 and 'launch needs the arguments of launch.py after --' in err
+  rc, _, err = _main(capsys, 'delete', '--name=seg', f'--zone={ZONE}', '--', '--x')
+  assert rc == 2 and 'arguments after -- are for launch only' in err
+  rc, _, err = _main(capsys, 'delete', '--name=seg', f'--zone={ZONE}', '--dry_run', '--execute')
+  assert rc == 2 and '--dry_run and --execute exclude each other' in err
+  rc, _, err = _main(capsys, 'create', '--name=seg', f'--zone={ZONE}', '--accelerator_type=v4-8',
+                     '--spot', '--preemptible')
+  assert rc == 2 and '--spot and --preemptible exclude each other' in err

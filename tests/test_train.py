@@ -13,7 +13,7 @@ import pytest
 
 from segjax import config as config_lib
 from segjax import checkpoint as ckpt_lib
-from segjax import evaluate
+from segjax.tools import evaluate as evaluate_tool
 from segjax import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,12 +174,9 @@ def test_logs_panels_and_eval_mode(tmp_path, capsys):
   with Image.open(os.path.join(workdir, 'images', panels[0])) as im:
     assert im.format == 'PNG' and im.size[0] > im.size[1]  # 3 columns, 2 rows + legend.
   # Eval mode on the best checkpoint and on another split ('train').
-  c.eval.checkpoint = 'best'
-  res = evaluate.run(c, workdir)
+  res = evaluate_tool.run(workdir, {'eval.checkpoint': 'best'})
   assert res['step'] in (2, 4) and res['split'] == 'val'
-  c.eval.checkpoint = 'latest'
-  c.eval.split = 'train[:16]'
-  res = evaluate.run(c, workdir)
+  res = evaluate_tool.run(workdir, {'eval.checkpoint': 'latest', 'eval.split': 'train[:16]'})
   assert res['step'] == 4 and res['num_examples'] == 16
   out = capsys.readouterr().out
   assert 'train[:16] @ step 4' in out and 'fwIoU' in out

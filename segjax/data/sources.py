@@ -235,7 +235,7 @@ class FolderSource:
   mask or bad list-file line. A list instead collects each of those as a
   (path, message) tuple and skips that image or line (the split slice then
   applies to the pairs that remain); a missing root, folder or list file and
-  an empty split still raise. Used by `python -m segjax.check_data`.
+  an empty split still raise. Used by `python -m segjax.tools.check_data`.
   """
 
   def __init__(self, root, split: str, *, mapper: labels_lib.LabelMapper,

@@ -1,7 +1,7 @@
 """Random-access segmentation source over a prepared TFDS dataset, without TF.
 
 The dataset must have been prepared in `array_record` format (see
-`python -m segjax.data.prepare_tfds`); it is then read with TFDS' own data
+`python -m segjax.tools.prepare_tfds`); it is then read with TFDS' own data
 source (`builder.as_data_source`, the same as `tfds.data_source`), which
 decodes images with Pillow/OpenCV and never imports TensorFlow.
 
@@ -57,12 +57,35 @@ def features_for(tfds_name: str) -> SegFeatures:
         'segjax.data.tfds_source.DATASETS)') from None
 
 
+# Datasets `segjax prepare_tfds` builds without TensorFlow -> where their
+# original archives (images.tar.gz, annotations.tar.gz) are downloaded from.
+PREPARABLE = {'oxford_iiit_pet': 'https://thor.robots.ox.ac.uk/~vgg/data/pets'}
+
+
+def instructions(tfds_name: str, data_dir: str) -> str:
+  """How to prepare `tfds_name` into `data_dir`, as shell commands."""
+  name = base_name(tfds_name)
+  if name in PREPARABLE:
+    return (
+        'Prepare it (no TensorFlow needed):\n'
+        f'  (a) with internet access:\n'
+        f'      python -m segjax.tools.prepare_tfds --name={name} --data_dir={data_dir}\n'
+        f'  (b) offline: download images.tar.gz and annotations.tar.gz (the Oxford-IIIT Pet '
+        f'originals, {PREPARABLE[name]}/) into MANUAL_DIR, then run\n'
+        f'      python -m segjax.tools.prepare_tfds --name={name} --data_dir={data_dir} '
+        '--manual_dir=MANUAL_DIR\n'
+        f'then pass --config.data.root={data_dir}')
+  return (
+      f'segjax cannot prepare {name!r} without TensorFlow; in an environment '
+      'with TensorFlow run\n'
+      f'  tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record\n'
+      f'then pass --config.data.root={data_dir} (reading needs no TensorFlow)')
+
+
 def _not_prepared(tfds_name: str, split: str, data_dir: str, reason: str) -> TfdsNotPreparedError:
-  # Imported here: prepare_tfds imports this module for the feature table.
-  from segjax.data import prepare_tfds  # pylint: disable=g-import-not-at-top
   return TfdsNotPreparedError(
       f'TFDS dataset {tfds_name!r} (split {split!r}) {reason} in data_dir '
-      f'{data_dir!r}.\n{prepare_tfds.instructions(tfds_name, data_dir)}')
+      f'{data_dir!r}.\n{instructions(tfds_name, data_dir)}')
 
 
 def _to_rgb(image: np.ndarray, name: str) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Weight files written by the peers themselves, read without them, through
-`python -m segjax.convert` and `config.model.pretrained` into training.
+`python -m segjax.tools.convert_weights` and `config.model.pretrained` into training.
 
 Peers: torch.save (zip and legacy formats), Keras 3 `save_weights` and the
 legacy HDF5 layout of keras.applications downloads, torchvision models.
@@ -97,7 +97,7 @@ def _tiny_config(**model):
 
 
 def test_cli_converts_and_training_starts_from_it(tmp_path):
-  """torch.save(torchvision mobilenet_v2) -> python -m segjax.convert ->
+  """torch.save(torchvision mobilenet_v2) -> python -m segjax.tools.convert_weights ->
   config.model.pretrained: the train state's backbone holds exactly the
   converted weights and the head keeps its random init."""
   net = torchvision.models.mobilenet_v2(weights=None)
@@ -105,13 +105,13 @@ def test_cli_converts_and_training_starts_from_it(tmp_path):
   weights = tmp_path / 'mobilenet_v2.pth'
   torch.save(net.state_dict(), weights)
   out = tmp_path / 'converted'
-  proc = subprocess.run([sys.executable, '-m', 'segjax.convert', '--from=torchvision',
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.convert_weights', '--from=torchvision',
                          '--arch=mobilenet_v2', f'--weights={weights}', f'--out={out}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   assert f'--config.model.pretrained={out}' in proc.stdout
   # Converting again into the same directory refuses to overwrite.
-  again = subprocess.run([sys.executable, '-m', 'segjax.convert', '--from=torchvision',
+  again = subprocess.run([sys.executable, '-m', 'segjax.tools.convert_weights', '--from=torchvision',
                           '--arch=mobilenet_v2', f'--weights={weights}', f'--out={out}'],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 2 and 'exists' in again.stderr

@@ -1,7 +1,7 @@
 """Weight import from local torchvision / Keras / timm files.
 
   variables, meta = convert('torchvision', 'resnet50', '/path/resnet50-0676ba61.pth')
-  save_pretrained('/path/out', variables, meta)        # what `python -m segjax.convert` does
+  save_pretrained('/path/out', variables, meta)        # what `python -m segjax.tools.convert_weights` does
   ... config.model.pretrained = '/path/out'            # used by segjax.train at init
 
 Each (source, arch) has a `Converter` (common.py) in a family module
@@ -131,7 +131,7 @@ def load_pretrained(directory: str) -> tuple[dict, dict]:
   meta_path = os.path.join(directory, META_FILE)
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f'{directory} is not a converted-weights directory (no '
-                            f'{META_FILE}); create one with python -m segjax.convert')
+                            f'{META_FILE}); create one with python -m segjax.tools.convert_weights')
   with open(meta_path) as f:
     meta = json.load(f)
   with ocp.StandardCheckpointer() as ckptr:

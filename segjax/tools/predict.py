@@ -1,11 +1,14 @@
 r"""Prediction on image files with a trained run: class-index PNGs and overlays.
 
-  python -m segjax.predict --workdir=runs/quickstart --input=photos/ --output=preds/
-  python -m segjax.predict --workdir=runs/bsegnet --input='scans/**/*.png' \
-      --output=preds/ --checkpoint=best --mc_samples=16
+  segjax predict --workdir=runs/deeplabv3plus --input=photos/ --out=preds/
+  segjax predict --workdir=runs/bsegnet --input='scans/**/*.png' --out=preds/ \
+      --checkpoint=best --config.eval.mc_samples=16
 
-The model, its preprocessing and the label spec come from the run's
-`config.json`; the weights from its checkpoints (`latest`, `best` or a step).
+The model, its preprocessing and the label spec come from the run
+(segjax.run_dir: its config.json; `--config.eval.*`
+may change the inference: mode, scales, flip, mc_samples); the weights from
+its checkpoints (`latest`, `best` or a step). An output folder that already
+holds predictions (`*_pred.png`) is refused unless `--overwrite`.
 `--input` is an image file, a folder (searched recursively for .png .jpg .jpeg
 .bmp .tif .tiff, any case) or a glob (`**` recurses); it may be given more than
 once. For every image the output folder gets, at the image's path relative to
@@ -30,12 +33,11 @@ batched together, zero-padded at the bottom/right to the batch's largest H, W
 (as evaluation pads) and the predictions cropped back. A file that cannot be
 read is reported on stderr and skipped; the run ends with
 `N images predicted, M failed` on stdout. Exit status: 0, or 1 if every image
-failed, 2 for a bad workdir, checkpoint, input or argument.
+failed, 2 for a bad workdir, checkpoint, input, output folder or argument.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import glob as glob_lib
 import math
@@ -43,17 +45,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from segjax import checkpoint as ckpt_lib
-from segjax import config as config_lib
+from absl import flags
+
+from segjax import cli
 from segjax import evaluate as eval_lib
+from segjax import run_dir
 from segjax import writers
 from segjax import sharding as sharding_lib
 from segjax.data import labels as labels_lib
@@ -64,18 +67,6 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 _GLOB_CHARS = ('*', '?', '[')
 # Dropout keys of batch b are fold_in(fold_in(key(config.seed), _RNG_TAG), b).
 _RNG_TAG = 3
-
-
-# --------------------------------------------------------------------------- config
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The validated config of a run (segjax.config.load_run_config): the run's
-  values over base_config(), so keys added to the schema since get defaults."""
-  try:
-    return config_lib.load_run_config(workdir)
-  except config_lib.ConfigError as e:
-    raise ValueError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -312,17 +303,12 @@ def make_predict_fn(model, config, mc_samples: int, mesh):
   return jax.jit(predict, in_shardings=(repl, data, repl), out_shardings=(data, data))
 
 
-def restore_variables(workdir: str, config, model, mesh, which: str = 'latest') -> tuple[dict, int]:
-  """({'params', 'batch_stats'}, step) of checkpoint `which` of the run."""
-  from segjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
-                               keep_best=int(config.checkpoint.keep_best), async_save=False)
-  try:
-    step = ckpt.resolve(str(which))
-    state, _ = ckpt.restore(step, train_lib.abstract_state(config, model, mesh))
-  finally:
-    ckpt.close()
-  return train_lib.variables_of(state), step
+def earlier_predictions(output_dir: str) -> list[str]:
+  """Prediction files (`*_pred.png`) already under output_dir, sorted."""
+  found = []
+  for dirpath, _, filenames in os.walk(output_dir):
+    found += [os.path.join(dirpath, f) for f in filenames if f.endswith('_pred.png')]
+  return sorted(found)
 
 
 # --------------------------------------------------------------------------- run
@@ -367,7 +353,8 @@ class _Progress:
 
 def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
         checkpoint: str = 'latest', alpha: float = 0.5, batch_size: int = 8,
-        mc_samples: int | None = None, stream=None) -> dict:
+        mc_samples: int | None = None, overrides: dict | None = None, overwrite: bool = False,
+        stream=None) -> dict:
   """Predicts every input image with a checkpoint of the run in `workdir`.
 
   Args:
@@ -380,6 +367,8 @@ def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
     batch_size: images per device batch.
     mc_samples: Monte Carlo dropout passes; None takes the run's
       eval.mc_samples. Above 1 the model must have MC dropout.
+    overrides: --config.eval.* overrides of the run's config (segjax.run_dir).
+    overwrite: write into an output folder that holds earlier predictions.
     stream: where failures and progress go (default stderr).
 
   Returns:
@@ -389,24 +378,29 @@ def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
 
   Raises:
     FileNotFoundError, ValueError: bad workdir, checkpoint, inputs or arguments.
+    FileExistsError: output_dir holds earlier predictions and not overwrite.
   """
   stream = stream or sys.stderr
   if not 0.0 <= float(alpha) <= 1.0:
     raise ValueError(f'alpha must be in [0, 1], got {alpha}')
   if int(batch_size) < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  from segjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = load_config(workdir)
-  mc = int(config.eval.mc_samples) if mc_samples is None else int(mc_samples)
-  if mc < 1:
-    raise ValueError(f'mc_samples must be >= 1, got {mc}')
+  if not overwrite:
+    earlier = earlier_predictions(output_dir)
+    if earlier:
+      raise FileExistsError(f'{output_dir} already holds {len(earlier)} predictions (e.g. '
+                            f'{earlier[0]}); pass --overwrite to replace them, or choose '
+                            'another --out')
+  if mc_samples is not None and int(mc_samples) < 1:
+    raise ValueError(f'mc_samples must be >= 1, got {mc_samples}')
   files = collect_inputs(inputs, exclude=output_dir)
+  mesh = sharding_lib.make_mesh(jax.local_devices())
+  loaded = run_dir.load_run(workdir, checkpoint, overrides=overrides, mesh=mesh)
+  config, variables, step = loaded.config, loaded.variables, loaded.step
+  mc = int(config.eval.mc_samples) if mc_samples is None else int(mc_samples)
   spec = labels_lib.spec_from_config(config.data)
   resize = tuple(int(v) for v in (config.data.resize or ()))
-  model = train_lib.build_model(config)
-  mesh = sharding_lib.make_mesh(jax.local_devices())
-  predict_fn = make_predict_fn(model, config, mc, mesh)  # Checks MC dropout before restoring.
-  variables, step = restore_variables(workdir, config, model, mesh, checkpoint)
+  predict_fn = make_predict_fn(loaded.model, config, mc, mesh)
   num_devices = mesh.devices.size
   base_key = jax.random.fold_in(jax.random.key(int(config.seed)), _RNG_TAG)
 
@@ -504,28 +498,29 @@ def run(workdir: str, inputs: str | Sequence[str], output_dir: str, *,
           'images_per_sec': progress.images_per_sec}
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.predict', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='training run directory')
-  parser.add_argument('--input', required=True, action='append',
-                      help='image file, folder or glob (repeatable)')
-  parser.add_argument('--output', required=True, help='output folder')
-  parser.add_argument('--checkpoint', default='latest', help="'latest', 'best' or a step")
-  parser.add_argument('--alpha', type=float, default=0.5,
-                      help='weight of the coloured prediction in the overlay')
-  parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--mc_samples', type=int, default=None,
-                      help="Monte Carlo dropout passes (default: the run's eval.mc_samples)")
-  args = parser.parse_args(None if argv is None else list(argv))
-  try:
-    summary = run(args.workdir, args.input, args.output, checkpoint=args.checkpoint,
-                  alpha=args.alpha, batch_size=args.batch_size, mc_samples=args.mc_samples)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The training run directory.', required=True,
+                      flag_values=fv)
+  flags.DEFINE_multi_string('input', None, 'Image file, folder or glob (repeatable).',
+                            required=True, flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output folder.', required=True, flag_values=fv)
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.", flag_values=fv)
+  flags.DEFINE_float('alpha', 0.5, 'Weight of the coloured prediction in the overlay.',
+                     flag_values=fv)
+  flags.DEFINE_integer('batch_size', 8, 'Images per device batch.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Write into a folder that holds earlier predictions.',
+                    flag_values=fv)
+  cli.define_run_overrides(fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  summary = run(fv.workdir, fv.input, fv.out, checkpoint=fv.checkpoint, alpha=fv.alpha,
+                batch_size=fv.batch_size, overrides=cli.run_overrides(fv),
+                overwrite=fv.overwrite)
   return 1 if summary['failed'] and not summary['predicted'] else 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

@@ -1,8 +1,8 @@
 r"""Serialized inference export: a trained checkpoint as one StableHLO file.
 
-  python -m segjax.export --workdir=runs/x --out=export/x
-  python -m segjax.export --workdir=runs/x --out=export/x_b4 --batch=4 --height=512 --width=512
-  python -m segjax.export --workdir=runs/unet --out=export/unet_any --symbolic_hw \
+  segjax export --workdir=runs/x --out=export/x
+  segjax export --workdir=runs/x --out=export/x_b4 --batch=4 --height=512 --width=512
+  segjax export --workdir=runs/unet --out=export/unet_any --symbolic_hw \
       --platforms=cpu,cuda,tpu
 
 The exported function is
@@ -21,7 +21,7 @@ test-time augmentation.
 `--out` receives `model.stablehlo` (`jax.export` serialization: the StableHLO
 module plus its calling convention) and `signature.json` (input and output
 shapes and dtypes, class names, palette, mean/std, source run and step,
-platforms, the file's SHA-256). `load(directory)` in this module turns the
+platforms, the file's SHA-256). `segjax.exported.load(directory)` (also `load` here) turns the
 directory back into a callable using only jax and json: no segjax model code,
 no flax, no orbax.
 
@@ -45,20 +45,24 @@ the `flatbuffers` package (jax's own optional dependency).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from typing import Any, Callable, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-FORMAT = 'segjax.export/1'
-MODEL_FILE = 'model.stablehlo'
-SIGNATURE_FILE = 'signature.json'
+from segjax import cli
+from segjax.exported import FORMAT, MODEL_FILE, SIGNATURE_FILE, LoadedModel, load  # pylint: disable=unused-import
+from segjax import run_dir
+from segjax import sharding as sharding_lib
+from segjax import state as state_lib
+from segjax.data import labels as labels_lib
+from segjax.data import transforms
+
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 # Models that can be exported with symbolic H and W (measured: see module doc).
 SYMBOLIC_HW_MODELS = ('unet', 'segnet', 'bayesian_segnet')
@@ -66,91 +70,6 @@ SYMBOLIC_HW_MODELS = ('unet', 'segnet', 'bayesian_segnet')
 
 class ExportError(ValueError):
   """An export that cannot be made (shape, model, platform or output problem)."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class LoadedModel:
-  """A deserialized export: `model(images)` -> float32 logits (B, H, W, C).
-
-  Attributes:
-    directory: the export directory.
-    signature: the parsed signature.json.
-    exported: the `jax.export.Exported`.
-  """
-
-  def __init__(self, directory: str, signature: dict, exported: Any):
-    self.directory = directory
-    self.signature = signature
-    self.exported = exported
-    self._call = jax.jit(exported.call)
-
-  @property
-  def class_names(self) -> list[str]:
-    return list(self.signature['class_names'])
-
-  @property
-  def palette(self) -> list[list[int]]:
-    return [list(c) for c in self.signature['palette']]
-
-  def __call__(self, images) -> jax.Array:
-    """uint8 (B, H, W, 3) images -> float32 (B, H, W, num_classes) logits."""
-    dtype = getattr(images, 'dtype', None)
-    if dtype is None:
-      images = jnp.asarray(images)
-      dtype = images.dtype
-    if dtype != jnp.uint8:
-      raise TypeError(f'{self.directory}: images must be uint8 RGB in [0, 255], got dtype '
-                      f'{dtype}')
-    shape = tuple(images.shape)
-    expected = self.signature['input']['shape']
-    if len(shape) != 4 or shape[-1] != 3:
-      raise ValueError(f'{self.directory}: images must be (B, H, W, 3), got shape {shape}; '
-                       f'this export takes {expected}')
-    for got, want in zip(shape, expected):
-      if isinstance(want, int) and got != want:
-        raise ValueError(f'{self.directory}: images of shape {shape} do not fit the '
-                         f'exported input shape {expected}')
-    backend = jax.default_backend()
-    runs_on = {'gpu': ('cuda', 'rocm')}.get(backend, (backend,))
-    platforms = list(self.signature['platforms'])
-    if not set(runs_on) & set(platforms):
-      raise ValueError(f'{self.directory}: exported for platforms {platforms}, but jax runs on '
-                       f"{backend!r} here; export again with --platforms={','.join(platforms)},"
-                       f'{runs_on[0]}')
-    return self._call(images)
-
-
-def load(directory: str) -> LoadedModel:
-  """Loads an export directory written by `export_workdir` (jax + json only).
-
-  Raises:
-    FileNotFoundError: a file of the export is missing.
-    ValueError: signature.json is not an export signature, or model.stablehlo
-      does not match the SHA-256 it records.
-  """
-  sig_path = os.path.join(directory, SIGNATURE_FILE)
-  model_path = os.path.join(directory, MODEL_FILE)
-  for path in (sig_path, model_path):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'{path}: no such file; expected a directory written by '
-                              'python -m segjax.export')
-  with open(sig_path) as f:
-    try:
-      signature = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{sig_path}: not valid JSON ({e})') from None
-  if not isinstance(signature, dict) or signature.get('format') != FORMAT:
-    got = signature.get('format') if isinstance(signature, dict) else type(signature).__name__
-    raise ValueError(f'{sig_path}: format {got!r} is not {FORMAT!r}')
-  with open(model_path, 'rb') as f:
-    data = f.read()
-  digest = hashlib.sha256(data).hexdigest()
-  if digest != signature.get('sha256'):
-    raise ValueError(f'{model_path}: SHA-256 {digest} differs from {signature.get("sha256")} '
-                     f'recorded in {sig_path}; the file is corrupt or from another export')
-  return LoadedModel(directory, signature, jax.export.deserialize(bytearray(data)))
 
 
 # --------------------------------------------------------------------------- building
@@ -161,13 +80,11 @@ def inference_fn(model, variables: dict, mean: Sequence[float],
   """f(uint8 images (B, H, W, 3)) -> float32 logits (B, H, W, C), the
   variables (NumPy arrays) closed over, dropout off, BatchNorm in inference
   mode, the auxiliary head (if any) dropped."""
-  from segjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from segjax.data import transforms  # pylint: disable=g-import-not-at-top
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
   def f(images):
     x = transforms.normalize(images, mean, std)
-    logits, _ = train_lib.split_outputs(model.apply(variables, x, train=False))
+    logits, _ = state_lib.split_outputs(model.apply(variables, x, train=False))
     return logits.astype(jnp.float32)
 
   return f
@@ -228,58 +145,19 @@ def export_model(model, variables: dict, mean: Sequence[float], std: Sequence[fl
         'a multiple of its total stride (32)') from None
 
 
-def config_from_dict(values: dict, where: str):
-  """A validated ConfigDict from a run's JSON config (segjax.config.from_dict);
-  errors are ExportErrors naming `where`."""
-  from segjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  try:
-    return config_lib.from_dict(values, where)
-  except config_lib.ConfigError as e:
-    raise ExportError(str(e)) from None
-
-
 def restore_for_export(workdir: str, checkpoint: str = 'latest',
                        weights: str = 'raw') -> tuple[Any, dict, int, dict]:
-  """(config, variables as NumPy, step, checkpoint meta) of a run's checkpoint.
-
-  The config is the one saved with the checkpoint (else <workdir>/config.json).
-  `weights` 'raw' are the trained variables, 'ema' their moving average
-  (config.ema.decay > 0 runs only).
-  """
-  from segjax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from segjax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from segjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  if weights not in ('raw', 'ema'):
+  """(config, variables as NumPy, step, checkpoint meta) of a run's checkpoint,
+  loaded by segjax.run_dir's rule. `weights` 'raw' are the trained variables,
+  'ema' their moving average (config.ema.decay > 0 runs only)."""
+  if weights not in run_dir.WEIGHTS:
     raise ExportError(f"weights must be 'raw' or 'ema', got {weights!r}")
-  directory = ckpt_lib.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{directory}: no such directory; --workdir must be a training run '
-                            'directory (it holds config.json and checkpoints/)')
-  ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
   try:
-    step = ckpt.resolve(str(checkpoint))
-    meta = ckpt.read_meta(step)
-    if isinstance(meta.get('config'), dict):
-      config = config_from_dict(meta['config'], f'{directory}/{step} (meta config)')
-    else:
-      path = os.path.join(workdir, 'config.json')
-      with open(path) as f:
-        config = config_from_dict(json.load(f), path)
-    model = train_lib.build_model(config)
-    mesh = sharding_lib.make_mesh(jax.devices()[:1])
-    state, meta = ckpt.restore(step, train_lib.abstract_state(config, model, mesh))
-  finally:
-    ckpt.close()
-  if weights == 'ema':
-    ema = getattr(state, 'ema', None)
-    if not ema:
-      raise ExportError(f'checkpoint {step} in {directory} has no EMA weights '
-                        f'(ema.decay={config.get("ema", {}).get("decay", 0.0)}); use '
-                        "--weights=raw")
-    variables = dict(ema)
-  else:
-    variables = train_lib.variables_of(state)
-  return config, jax.device_get(variables), step, meta
+    run = run_dir.load_run(workdir, str(checkpoint), weights,
+                           mesh=sharding_lib.make_mesh(jax.devices()[:1]))
+  except ValueError as e:  # No EMA weights, or a config error.
+    raise ExportError(str(e)) from None
+  return run.config, jax.device_get(run.variables), run.step, run.meta
 
 
 def _dims(shape) -> list:
@@ -320,9 +198,7 @@ def export_workdir(workdir: str, out: str, *, checkpoint: str = 'latest',
     height = int(default[0]) if height is None else height
     width = int(default[1]) if width is None else width
   spec = input_spec(batch, height, width, symbolic_hw=symbolic_hw, hw_multiple=hw_multiple)
-  from segjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from segjax.data import labels as labels_lib  # pylint: disable=g-import-not-at-top
-  model = train_lib.build_model(config)
+  model = state_lib.build_model(config)
   exported = export_model(model, variables, config.data.mean, config.data.std, spec,
                           platforms=platforms, model_name=str(config.model.name))
   data = bytes(exported.serialize())
@@ -372,41 +248,39 @@ def _batch_arg(text: str) -> int | None:
     return None
   if text.isdigit() and int(text) > 0:
     return int(text)
-  raise argparse.ArgumentTypeError(f"--batch must be a positive int or 'symbolic', got {text!r}")
+  raise cli.UsageError(f"--batch must be a positive int or 'symbolic', got {text!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.export', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='training run directory')
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--checkpoint', default='latest', help="'latest', 'best' or a step")
-  parser.add_argument('--batch', type=_batch_arg, default=None,
-                      help="fixed batch size, or 'symbolic' (default)")
-  parser.add_argument('--height', type=int, default=None,
-                      help='input height (default: data.resize, else data.crop_size)')
-  parser.add_argument('--width', type=int, default=None, help='input width (see --height)')
-  parser.add_argument('--symbolic_hw', action='store_true',
-                      help='symbolic H and W, multiples of --hw_multiple (unet, segnet)')
-  parser.add_argument('--hw_multiple', type=int, default=32,
-                      help='with --symbolic_hw: H and W are multiples of this (default 32)')
-  parser.add_argument('--platforms', default='cpu',
-                      help="comma-separated: cpu, cuda, rocm, tpu (default 'cpu')")
-  parser.add_argument('--weights', choices=('raw', 'ema'), default='raw',
-                      help="trained weights ('raw') or their moving average ('ema')")
-  parser.add_argument('--overwrite', action='store_true', help='replace an existing export')
-  args = parser.parse_args(None if argv is None else list(argv))
-  if args.symbolic_hw and (args.height is not None or args.width is not None):
-    parser.error('--symbolic_hw takes no --height/--width')
-  try:
-    sig = export_workdir(args.workdir, args.out, checkpoint=args.checkpoint, batch=args.batch,
-                         height=args.height, width=args.width, symbolic_hw=args.symbolic_hw,
-                         hw_multiple=args.hw_multiple, platforms=args.platforms,
-                         weights=args.weights, overwrite=args.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f"Wrote {os.path.join(args.out, MODEL_FILE)} ({sig['bytes']:,} bytes) and "
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The training run directory.', required=True,
+                      flag_values=fv)
+  flags.DEFINE_string('out', None, 'Output directory.', required=True, flag_values=fv)
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step.", flag_values=fv)
+  flags.DEFINE_string('batch', 'symbolic', "Fixed batch size, or 'symbolic'.", flag_values=fv)
+  flags.DEFINE_integer('height', None, 'Input height (default: data.resize, else '
+                       'data.crop_size).', flag_values=fv)
+  flags.DEFINE_integer('width', None, 'Input width (see --height).', flag_values=fv)
+  flags.DEFINE_bool('symbolic_hw', False, 'Symbolic H and W, multiples of --hw_multiple '
+                    '(unet, segnet).', flag_values=fv)
+  flags.DEFINE_integer('hw_multiple', 32, 'With --symbolic_hw: H and W are multiples of this.',
+                       flag_values=fv)
+  flags.DEFINE_string('platforms', 'cpu', 'Comma-separated: cpu, cuda, rocm, tpu.',
+                      flag_values=fv)
+  flags.DEFINE_enum('weights', 'raw', list(run_dir.WEIGHTS), "Trained weights ('raw') or "
+                    "their moving average ('ema').", flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing export.', flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  if fv.symbolic_hw and (fv.height is not None or fv.width is not None):
+    raise cli.UsageError('--symbolic_hw takes no --height/--width')
+  sig = export_workdir(fv.workdir, fv.out, checkpoint=fv.checkpoint, batch=_batch_arg(fv.batch),
+                       height=fv.height, width=fv.width, symbolic_hw=fv.symbolic_hw,
+                       hw_multiple=fv.hw_multiple, platforms=fv.platforms,
+                       weights=fv.weights, overwrite=fv.overwrite)
+  print(f"Wrote {os.path.join(fv.out, MODEL_FILE)} ({sig['bytes']:,} bytes) and "
         f"{SIGNATURE_FILE}: {sig['source']['model']} step {sig['source']['step']}, "
         f"images uint8 {sig['input']['shape']} -> logits float32 {sig['output']['shape']}, "
         f"platforms {','.join(sig['platforms'])}.")
@@ -414,4 +288,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

@@ -1,10 +1,10 @@
 r"""Checkpoint averaging: the mean of several checkpoints of one run, as a new workdir.
 
-  python -m segjax.average --workdir=runs/x --steps=best:3 --out=runs/x_avg3
-  python -m segjax.average --workdir=runs/x --steps=latest:2 --out=runs/x_last2
-  python -m segjax.average --workdir=runs/x --steps=400,600,800 --out=runs/x_avg \
+  segjax average_checkpoints --workdir=runs/x --steps=best:3 --out=runs/x_avg3
+  segjax average_checkpoints --workdir=runs/x --steps=latest:2 --out=runs/x_last2
+  segjax average_checkpoints --workdir=runs/x --steps=400,600,800 --out=runs/x_avg \
       --recompute_bn=50 --evaluate
-  python launch.py --config=configs/deeplabv3plus.py:runlocal --workdir=runs/x_avg3 --mode=eval
+  segjax evaluate --workdir=runs/x_avg3
 
 Steps: 'best:K' (the K kept checkpoints ranked first by the run's
 checkpoint.best_metric, val mIoU by default, stored with them; ties go to the
@@ -30,7 +30,7 @@ then divided by their number). BatchNorm running statistics:
     (torch keeps unbiased ones). Layers that run on their running statistics
     during training (freeze_encoder) keep the averaged statistics.
 
-The output directory is a workdir `--mode=eval` can read: out/config.json
+The output directory is a run directory `segjax evaluate` can read: out/config.json
 (the run's, copied) and out/checkpoints with one checkpoint at the highest
 averaged step. Its optimizer state, step and non-finite counters are those of
 that checkpoint; its meta records the source run, the steps and how BatchNorm
@@ -41,14 +41,13 @@ with the checkpoint, so eval.checkpoint=best works on the output too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 from typing import Any, Optional
 
+from absl import flags
 import flax
 import flax.linen as nn
 import jax
@@ -57,10 +56,11 @@ import ml_collections
 import numpy as np
 
 from segjax import checkpoint as ckpt_lib
-from segjax import config as config_lib
+from segjax import cli
 from segjax import evaluate as eval_lib
+from segjax import run_dir
 from segjax import sharding as sharding_lib
-from segjax import train as train_lib
+from segjax import state as state_lib
 from segjax.data import pipeline
 from segjax.data import transforms
 
@@ -68,33 +68,11 @@ from segjax.data import transforms
 # --------------------------------------------------------------------------- config
 
 
-def config_from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A validated config from its JSON form (segjax.config.from_dict)."""
-  return config_lib.from_dict(d)
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from workdir/config.json, or else from its latest checkpoint."""
-  path = os.path.join(workdir, 'config.json')
-  if os.path.isfile(path):
-    with open(path) as f:
-      try:
-        return config_from_dict(json.load(f))
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: not valid JSON ({e})') from None
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise FileNotFoundError(f'{workdir} has neither config.json nor checkpoints in '
-                              f'{ckpt.directory}')
-    meta = ckpt.read_meta(steps[-1])
-  finally:
-    ckpt.close()
-  if 'config' not in meta:
-    raise FileNotFoundError(f'{workdir} has no config.json and the meta of checkpoint '
-                            f'{steps[-1]} holds no config')
-  return config_from_dict(meta['config'])
+  """The run's config, by segjax.run_dir's rule (config.json, else the latest
+  checkpoint's meta)."""
+  config, _ = run_dir.load_config(workdir)
+  return config
 
 
 # --------------------------------------------------------------------------- steps
@@ -280,8 +258,8 @@ def average(workdir: str, steps_spec: str, out_dir: str, *, recompute_bn: int = 
     raise FileExistsError(f'{out_ckpt_dir} already holds checkpoints; choose a new --out')
   config = load_config(workdir)
   mesh = sharding_lib.make_mesh()
-  model = train_lib.build_model(config)
-  abstract = train_lib.abstract_state(config, model, mesh)
+  model = state_lib.build_model(config)
+  abstract = state_lib.abstract_state(config, model, mesh)
 
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
                                keep=int(config.checkpoint.keep),
@@ -328,7 +306,7 @@ def average(workdir: str, steps_spec: str, out_dir: str, *, recompute_bn: int = 
   if evaluate:
     split = config.data.val_split
     eval_step = eval_lib.make_eval_step(model, config, mesh)
-    val, _ = eval_lib.evaluate_split(eval_step, train_lib.variables_of(out_state), config,
+    val, _ = eval_lib.evaluate_split(eval_step, state_lib.variables_of(out_state), config,
                                      split, mesh)
     eval_lib.write_result(out_dir, split, out_step, val)
     scalars = eval_lib.scalar_metrics(val)
@@ -348,29 +326,27 @@ def average(workdir: str, steps_spec: str, out_dir: str, *, recompute_bn: int = 
   return result
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.average', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='the training run')
-  parser.add_argument('--steps', required=True,
-                      help="'best:K', 'lowest_loss:K', 'latest:K' or a comma-separated list "
-                           'of steps')
-  parser.add_argument('--out', required=True, help='new workdir for the averaged checkpoint')
-  parser.add_argument('--recompute_bn', type=int, default=0, metavar='N',
-                      help='re-estimate BatchNorm statistics over N training batches '
-                           '(0: average them)')
-  parser.add_argument('--evaluate', action='store_true',
-                      help='evaluate the average on data.val_split')
-  args = parser.parse_args(argv)
-  try:
-    res = average(os.path.expanduser(args.workdir), args.steps, os.path.expanduser(args.out),
-                  recompute_bn=args.recompute_bn, evaluate=args.evaluate)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The training run.', required=True, flag_values=fv)
+  flags.DEFINE_string('steps', None, "'best:K', 'lowest_loss:K', 'latest:K' or a "
+                      'comma-separated list of steps.',
+                      required=True, flag_values=fv)
+  flags.DEFINE_string('out', None, 'New run directory for the averaged checkpoint.',
+                      required=True, flag_values=fv)
+  flags.DEFINE_integer('recompute_bn', 0, 'Re-estimate BatchNorm statistics over N training '
+                       'batches (0: average them).', flag_values=fv)
+  flags.DEFINE_bool('evaluate', False, 'Evaluate the average on data.val_split.',
+                    flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  res = average(os.path.expanduser(fv.workdir), fv.steps, os.path.expanduser(fv.out),
+                recompute_bn=fv.recompute_bn, evaluate=fv.evaluate)
   sources = ', '.join(f'{s}' + (f' (mIoU {m:.4f})' if m is not None else '')
                       for s, m in res['source_metrics'].items())
-  print(f'Averaged steps {sources} of {os.path.abspath(args.workdir)}; BatchNorm statistics '
+  print(f'Averaged steps {sources} of {os.path.abspath(fv.workdir)}; BatchNorm statistics '
         f'{res["batch_stats"]}; wrote step {res["step"]} to {res["out_dir"]}')
   if 'val' in res:
     print(f'val mIoU of the average: {res["val"]["mIoU"]:.4f} (aAcc {res["val"]["aAcc"]:.4f})')
@@ -378,4 +354,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

@@ -1,12 +1,12 @@
 r"""gcloud commands for running segjax on a Cloud TPU VM or pod slice.
 
-  python -m segjax.tpu create --name=seg --zone=us-central2-b --accelerator_type=v4-8
-  python -m segjax.tpu install --name=seg --zone=us-central2-b
-  python -m segjax.tpu launch --name=seg --zone=us-central2-b -- \
+  segjax tpu create --name=seg --zone=us-central2-b --accelerator_type=v4-8
+  segjax tpu install --name=seg --zone=us-central2-b
+  segjax tpu launch --name=seg --zone=us-central2-b -- \
       --config=configs/deeplabv3plus.py --workdir=/mnt/shared/runs/x --config.optimizer.lr=0.01
-  python -m segjax.tpu logs --name=seg --zone=us-central2-b --follow
-  python -m segjax.tpu status --name=seg --zone=us-central2-b
-  python -m segjax.tpu delete --name=seg --zone=us-central2-b
+  segjax tpu logs --name=seg --zone=us-central2-b --follow
+  segjax tpu status --name=seg --zone=us-central2-b
+  segjax tpu delete --name=seg --zone=us-central2-b
 
 Every command only prints the gcloud commands it would run, one per line and
 shell-quoted, so that they can be read, edited or pasted (dry run, the
@@ -41,7 +41,6 @@ code to run or print; run_commands prints or runs a list of them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -50,8 +49,12 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
+from absl import flags
+
+from segjax import cli
+
 GCLOUD = 'gcloud'
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPO_DIR = 'segjax'
 PYTHON = 'python3.11'  # requirements.txt is pinned for Python 3.11.
 LIBTPU_RELEASES = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
@@ -386,102 +389,91 @@ def run_commands(argvs: Sequence[Sequence[str]], *, execute: bool = False,
 # Command line
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m segjax.tpu', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
-
-  def add(cmd: str, help_: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(cmd, help=help_, description=help_)
-    p.add_argument('--name', required=True, help='TPU name')
-    p.add_argument('--zone', required=True, help='zone, e.g. us-central2-b')
-    p.add_argument('--project', default=None, help='project (default: gcloud config)')
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument('--dry_run', action='store_true',
-                      help='print the commands without running them (the default)')
-    mode.add_argument('--execute', action='store_true', help='run the commands')
-    return p
-
-  p = add('create', 'create a TPU VM or pod slice')
-  p.add_argument('--accelerator_type', required=True, help='e.g. v4-8, v4-32, v5litepod-16')
-  p.add_argument('--version', default=None,
-                 help='TPU software version (default: the JAX one for the generation)')
-  kind = p.add_mutually_exclusive_group()
-  kind.add_argument('--spot', action='store_true', help='a Spot TPU')
-  kind.add_argument('--preemptible', action='store_true', help='a preemptible TPU')
-
-  p = add('install', 'copy (or clone) the code to every worker and install it in a venv')
-  p.add_argument('--repo_dir', default=REPO_DIR, help='directory on the workers (from ~)')
-  p.add_argument('--local_repo', default=str(ROOT), help='checkout to copy (default: this one)')
-  p.add_argument('--repo_url', default=None, help='git clone this URL instead of copying')
-  p.add_argument('--branch', default=None, help='branch or tag to clone (with --repo_url)')
-  p.add_argument('--python', default=PYTHON, help='interpreter of the venv')
-  p.add_argument('--jax_version', default=None,
-                 help="jax[tpu] version (default: requirements.txt's pin)")
-
-  p = add('launch', 'run launch.py ARGS (after --) on every worker')
-  p.add_argument('--repo_dir', default=REPO_DIR, help='directory on the workers (from ~)')
-  p.add_argument('--log', default=None,
-                 help='log on each worker (default: ~/segjax_<last part of --workdir>.log)')
-  p.add_argument('--foreground', action='store_true',
-                 help='stream the output over ssh instead of nohup and a log')
-  p.add_argument('--accelerator_type', default=None,
-                 help="the slice's type: warns of a local workdir on a multi-host slice")
-
-  p = add('logs', "tail a worker's log")
-  p.add_argument('--log', default=None, help='log path (default: the newest ~/segjax_*.log)')
-  p.add_argument('--worker', default='0', help='worker index (default 0)')
-  p.add_argument('--lines', type=int, default=50, help='lines to show (default 50)')
-  p.add_argument('--follow', action='store_true', help='keep following (tail -F)')
-
-  add('status', "describe the TPU and list every worker's launch.py processes")
-
-  p = add('delete', 'delete the TPU')
-  p.add_argument('--quiet', action='store_true', help="skip gcloud's confirmation prompt")
-  return parser
+COMMANDS = ('create', 'install', 'launch', 'logs', 'status', 'delete')
 
 
-def commands(args: argparse.Namespace, launch_args: list[str]) -> list[list[str]]:
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side.
+  The first argument is the command (COMMANDS); flags a command does not use
+  are ignored by it."""
+  def string(name, default, text, **kw):
+    flags.DEFINE_string(name, default, text, flag_values=fv, **kw)
+
+  def boolean(name, text):
+    flags.DEFINE_bool(name, False, text, flag_values=fv)
+
+  string('name', None, 'TPU name.', required=True)
+  string('zone', None, 'Zone, e.g. us-central2-b.', required=True)
+  string('project', None, 'Project (default: gcloud config).')
+  boolean('dry_run', 'Print the commands without running them (the default).')
+  boolean('execute', 'Run the commands.')
+  string('accelerator_type', None, 'create: e.g. v4-8, v4-32, v5litepod-16; launch: warns of '
+         'a local workdir on a multi-host slice.')
+  string('version', None, 'create: TPU software version (default: the JAX one for the '
+         'generation).')
+  boolean('spot', 'create: a Spot TPU.')
+  boolean('preemptible', 'create: a preemptible TPU.')
+  string('repo_dir', REPO_DIR, 'install, launch: directory on the workers (from ~).')
+  string('local_repo', str(ROOT), 'install: checkout to copy (default: this one).')
+  string('repo_url', None, 'install: git clone this URL instead of copying.')
+  string('branch', None, 'install: branch or tag to clone (with --repo_url).')
+  string('python', PYTHON, 'install: interpreter of the venv.')
+  string('jax_version', None, "install: jax[tpu] version (default: requirements.txt's pin).")
+  string('log', None, 'launch: log on each worker (default: ~/segjax_<last part of '
+         '--workdir>.log); logs: log path (default: the newest ~/segjax_*.log).')
+  boolean('foreground', 'launch: stream the output over ssh instead of nohup and a log.')
+  string('worker', '0', 'logs: worker index.')
+  flags.DEFINE_integer('lines', 50, 'logs: lines to show.', flag_values=fv)
+  boolean('follow', 'logs: keep following (tail -F).')
+  boolean('quiet', "delete: skip gcloud's confirmation prompt.")
+
+
+def commands(cmd: str, fv: flags.FlagValues, launch_args: list[str]) -> list[list[str]]:
   """The argvs of a parsed command line."""
-  common = dict(name=args.name, zone=args.zone, project=args.project)
-  if args.cmd == 'create':
-    return [create_argv(**common, accelerator_type=args.accelerator_type, version=args.version,
-                        spot=args.spot, preemptible=args.preemptible)]
-  if args.cmd == 'install':
-    return install_argvs(**common, repo_dir=args.repo_dir, local_repo=args.local_repo,
-                         repo_url=args.repo_url, branch=args.branch, python=args.python,
-                         jax_version=args.jax_version)
-  if args.cmd == 'launch':
+  common = dict(name=fv.name, zone=fv.zone, project=fv.project)
+  if cmd == 'create':
+    if not fv.accelerator_type:
+      raise ValueError('create needs --accelerator_type, e.g. v4-8')
+    if fv.spot and fv.preemptible:
+      raise ValueError('--spot and --preemptible exclude each other')
+    return [create_argv(**common, accelerator_type=fv.accelerator_type, version=fv.version,
+                        spot=fv.spot, preemptible=fv.preemptible)]
+  if cmd == 'install':
+    return install_argvs(**common, repo_dir=fv.repo_dir, local_repo=fv.local_repo,
+                         repo_url=fv.repo_url, branch=fv.branch, python=fv.python,
+                         jax_version=fv.jax_version)
+  if cmd == 'launch':
     if not launch_args:
       raise ValueError('launch needs the arguments of launch.py after --, e.g. '
                        '-- --config=configs/deeplabv3plus.py --workdir=/mnt/shared/runs/x')
-    log = None if args.foreground else (args.log or default_log(launch_args))
-    return [launch_argv(**common, launch_args=launch_args, repo_dir=args.repo_dir, log=log,
-                        accelerator_type=args.accelerator_type)]
-  if args.cmd == 'logs':
-    return [logs_argv(**common, log=args.log, worker=args.worker, lines=args.lines,
-                      follow=args.follow)]
-  if args.cmd == 'status':
+    log = None if fv.foreground else (fv.log or default_log(launch_args))
+    return [launch_argv(**common, launch_args=launch_args, repo_dir=fv.repo_dir, log=log,
+                        accelerator_type=fv.accelerator_type)]
+  if cmd == 'logs':
+    return [logs_argv(**common, log=fv.log, worker=fv.worker, lines=fv.lines,
+                      follow=fv.follow)]
+  if cmd == 'status':
     return status_argvs(**common)
-  return [delete_argv(**common, quiet=args.quiet)]
+  return [delete_argv(**common, quiet=fv.quiet)]
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  # Everything after the first `--` is launch.py's.
-  launch_args = argv[argv.index('--') + 1:] if '--' in argv else []
-  own = argv[:argv.index('--')] if '--' in argv else argv
-  parser = _parser()
-  args = parser.parse_args(own)
-  if launch_args and args.cmd != 'launch':
-    parser.error(f'arguments after -- are for launch only, got {launch_args}')
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  # argv: [program, command, launch.py's arguments (after --)...].
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise cli.UsageError(f'the first argument is the command, one of {", ".join(COMMANDS)}; '
+                         f'got {argv[1:2] or "none"}')
+  cmd, launch_args = argv[1], list(argv[2:])
+  if launch_args and cmd != 'launch':
+    raise cli.UsageError(f'arguments after -- are for launch only, got {launch_args}')
+  if fv.dry_run and fv.execute:
+    raise cli.UsageError('--dry_run and --execute exclude each other')
   try:
-    run_commands(commands(args, launch_args), execute=args.execute)
-  except (ValueError, TypeError, OSError, CommandError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    run_commands(commands(cmd, fv, launch_args), execute=fv.execute)
+  except (TypeError, OSError, CommandError) as e:
+    print(f'ERROR: {e}', file=sys.stderr)
     return 1
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags, positional=True)

@@ -1,7 +1,7 @@
 r"""Prepares a TFDS segmentation dataset in array_record format, without TF.
 
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
+  segjax prepare_tfds --name=oxford_iiit_pet --data_dir=DIR
+  segjax prepare_tfds --name=oxford_iiit_pet --data_dir=DIR \
       --manual_dir=MANUAL_DIR   # holding images.tar.gz + annotations.tar.gz
 
 The result is a normal TFDS dataset (same name, version and features as the
@@ -34,21 +34,21 @@ and are reused by later runs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import io
 import logging
 import os
-import sys
 import tarfile
 
+from absl import flags
 from etils import epath
 from PIL import Image
 from PIL import ImageFile
 import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as tfds_pet
 
+from segjax import cli
 from segjax.data import tfds_source
 
 _JPEG_QUALITY = 95  # tf.io.encode_jpeg's default, used by the stock builder.
@@ -69,27 +69,6 @@ class BadImageError(ValueError):
     super().__init__(f'{path}: {problem}')
     self.path = path
     self.problem = problem
-
-
-def instructions(tfds_name: str, data_dir: str) -> str:
-  """How to prepare `tfds_name` into `data_dir`, as shell commands."""
-  name = tfds_source.base_name(tfds_name)
-  if name in BUILDERS:
-    files = ' and '.join(f'{a}.tar.gz' for a in _PET_ARCHIVES)
-    return (
-        'Prepare it (no TensorFlow needed):\n'
-        f'  (a) with internet access:\n'
-        f'      python -m segjax.data.prepare_tfds --name={name} --data_dir={data_dir}\n'
-        f'  (b) offline: download {files} (the Oxford-IIIT Pet originals, '
-        f'{_PET_URL}/) into MANUAL_DIR, then run\n'
-        f'      python -m segjax.data.prepare_tfds --name={name} --data_dir={data_dir} '
-        '--manual_dir=MANUAL_DIR\n'
-        f'then pass --config.data.root={data_dir}')
-  return (
-      f'segjax cannot prepare {name!r} without TensorFlow; in an environment '
-      'with TensorFlow run\n'
-      f'  tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record\n'
-      f'then pass --config.data.root={data_dir} (reading needs no TensorFlow)')
 
 
 def _rgb_jpeg(data: bytes, path: str, known_corrupt: bool) -> tuple[bytes, bool]:
@@ -235,6 +214,7 @@ class PetBuilder(tfds_pet.Builder, skip_registration=True):
 
 
 BUILDERS = {'oxford_iiit_pet': PetBuilder}
+assert set(BUILDERS) == set(tfds_source.PREPARABLE)
 
 
 @dataclasses.dataclass
@@ -254,7 +234,7 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
   base = tfds_source.base_name(name)
   tfds_source.features_for(name)  # Unknown dataset: error listing supported ones.
   if base not in BUILDERS:
-    raise ValueError(instructions(name, data_dir))
+    raise ValueError(tfds_source.instructions(name, data_dir))
   # '--data_dir=~/x' reaches us unexpanded: the shell expands only a leading ~.
   data_dir = os.path.expanduser(data_dir)
   manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
@@ -283,38 +263,39 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
       reencoded=builder.reencoded, skipped=builder.skipped, reused=reused)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m segjax.data.prepare_tfds', description=__doc__.split('\n')[0])
-  parser.add_argument('--name', default='oxford_iiit_pet',
-                      help=f'TFDS dataset; preparable here: {sorted(BUILDERS)}')
-  parser.add_argument('--data_dir', required=True, help='TFDS data_dir to write to')
-  parser.add_argument('--manual_dir', default=None,
-                      help='folder with the original archives (or their extracted '
-                      'folders); without it they are downloaded')
-  parser.add_argument('--download_dir', default=None,
-                      help='downloads and extractions (default DATA_DIR/downloads)')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='regenerate even if already prepared')
-  parser.add_argument('--skip_bad_images', action='store_true',
-                      help='leave out images Pillow cannot decode instead of failing')
-  args = parser.parse_args(argv)
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('name', 'oxford_iiit_pet', f'TFDS dataset; preparable here: '
+                      f'{sorted(BUILDERS)}.', flag_values=fv)
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir to write to.', required=True,
+                      flag_values=fv)
+  flags.DEFINE_string('manual_dir', None, 'Folder with the original archives (or their '
+                      'extracted folders); without it they are downloaded.', flag_values=fv)
+  flags.DEFINE_string('download_dir', None, 'Downloads and extractions (default '
+                      'DATA_DIR/downloads).', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, 'Regenerate even if already prepared.', flag_values=fv)
+  flags.DEFINE_bool('skip_bad_images', False, 'Leave out images Pillow cannot decode instead '
+                    'of failing.', flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
-  result = prepare(args.name, args.data_dir, manual_dir=args.manual_dir,
-                   download_dir=args.download_dir, overwrite=args.overwrite,
-                   skip_bad_images=args.skip_bad_images)
+  result = prepare(fv.name, fv.data_dir, manual_dir=fv.manual_dir,
+                   download_dir=fv.download_dir, overwrite=fv.overwrite,
+                   skip_bad_images=fv.skip_bad_images)
   state = 'already prepared' if result.reused else 'prepared'
-  print(f'{args.name} {state} at {result.path}: ' +
+  print(f'{fv.name} {state} at {result.path}: ' +
         ', '.join(f'{s}={n}' for s, n in sorted(result.split_sizes.items())))
   if result.reencoded:
     print(f're-encoded as RGB JPEG: {len(result.reencoded)} images '
           f'({", ".join(result.reencoded[:20])}{" ..." if len(result.reencoded) > 20 else ""})')
   if result.skipped:
     print(f'skipped {len(result.skipped)} undecodable images:\n  ' + '\n  '.join(result.skipped))
-  print(f'Use it with --config.data.name=tfds --config.data.tfds_name={args.name} '
+  print(f'Use it with --config.data.name=tfds --config.data.tfds_name={fv.name} '
         f'--config.data.root={result.data_dir}')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

@@ -1,9 +1,9 @@
 r"""A table of every run under a directory: one row per workdir of a sweep.
 
-  python -m segjax.results runs/x                          # Markdown to stdout
-  python -m segjax.results runs/x --sort=best_mIoU         # best first
-  python -m segjax.results runs/x --sort=optimizer.lr --descending
-  python -m segjax.results runs/x --out=runs/x/results.csv # or .md
+  segjax results --workdir=runs/x                            # Markdown to stdout
+  segjax results --workdir=runs/x --sort=best_mIoU           # best first
+  segjax results --workdir=runs/x --sort=optimizer.lr --order=descending
+  segjax results --workdir=runs/x --out=runs/x/results.csv   # or .md
 
 `collect(root)` finds the runs: `root` itself if it is a run, else every
 directory below it that is one (a directory holding metrics.jsonl, config.json
@@ -42,18 +42,17 @@ Columns (the names `--sort` takes):
                   preempted, so a preempted session is not counted); empty if
                   none logged it.
 
-metrics.jsonl is read with segjax.report.read_metrics. A resumed run appends
+metrics.jsonl is read with segjax.tools.report.read_metrics. A resumed run appends
 to the file: a later line for a step supersedes the earlier one, and a line
 whose step is lower than one already logged starts a new session from an
 earlier checkpoint, so the earlier session's lines from that step on are
 dropped (they belong to weights that were lost). An unreadable line is an
-error naming the file and line (`skip_corrupt` / `--skip-corrupt`: skipped
+error naming the file and line (`skip_corrupt` / `--skip_corrupt`: skipped
 with a warning, as report.py does).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -64,7 +63,10 @@ import statistics
 import sys
 from typing import Any, Iterable, Optional
 
-from segjax import report
+from absl import flags
+
+from segjax import cli
+from segjax.tools import report
 
 SWEEP_FILE = 'sweep.json'
 POINT_FILE = 'sweep_point.json'
@@ -176,7 +178,7 @@ def summarize_run(workdir: str, *, skip_corrupt: bool = False) -> dict:
                for p in bad]
   if problems:
     if not skip_corrupt:
-      raise ResultsError('\n'.join(problems) + '\n(skip_corrupt=True, or --skip-corrupt, skips '
+      raise ResultsError('\n'.join(problems) + '\n(skip_corrupt=True, or --skip_corrupt, skips '
                          'unreadable lines and files with a warning)')
     for p in problems:
       print(f'warning: {p}', file=sys.stderr)
@@ -433,47 +435,44 @@ FORMATS = {'md': format_markdown, 'csv': format_csv}
 _EXTENSIONS = {'.md': 'md', '.markdown': 'md', '.csv': 'csv'}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.results', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('root', help='a sweep directory (or any directory with runs below it)')
-  parser.add_argument('--sort', default=None, metavar='COL', help='column to sort by')
-  direction = parser.add_mutually_exclusive_group()
-  direction.add_argument('--ascending', dest='descending', action='store_false', default=None,
-                         help='sort ascending (default for all but the metric columns)')
-  direction.add_argument('--descending', dest='descending', action='store_true',
-                         help='sort descending (default for mIoU, aAcc and images_per_sec)')
-  parser.add_argument('--format', choices=sorted(FORMATS), default=None,
-                      help='md (default) or csv; with --out, inferred from its extension')
-  parser.add_argument('--out', default=None, metavar='FILE',
-                      help='write the table to FILE (.md or .csv) instead of stdout')
-  parser.add_argument('--skip-corrupt', action='store_true',
-                      help='skip unreadable metrics.jsonl lines with a warning')
-  args = parser.parse_args(argv)
-  fmt = args.format
-  if fmt is None and args.out is not None:
-    fmt = _EXTENSIONS.get(os.path.splitext(args.out)[1].lower())
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'A sweep directory (or any directory with runs below '
+                      'it).', required=True, flag_values=fv)
+  flags.DEFINE_string('sort', None, 'Column to sort by.', flag_values=fv)
+  flags.DEFINE_enum('order', None, ['ascending', 'descending'], 'Sort order (default: '
+                    'descending for mIoU, aAcc and images_per_sec, else ascending).',
+                    flag_values=fv)
+  flags.DEFINE_enum('format', None, sorted(FORMATS), 'md (default) or csv; with --out, '
+                    'inferred from its extension.', flag_values=fv)
+  flags.DEFINE_string('out', None, 'Write the table to this file (.md or .csv) instead of '
+                      'stdout.', flag_values=fv)
+  flags.DEFINE_bool('skip_corrupt', False, 'Skip unreadable metrics.jsonl lines with a '
+                    'warning.', flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  fmt = fv.format
+  if fmt is None and fv.out is not None:
+    fmt = _EXTENSIONS.get(os.path.splitext(fv.out)[1].lower())
     if fmt is None:
-      parser.error(f'cannot tell the format of {args.out} from its extension; pass --format')
+      raise cli.UsageError(f'cannot tell the format of {fv.out} from its extension; pass '
+                           '--format')
   fmt = fmt or 'md'
-  root = os.path.expanduser(args.root)
-  try:
-    rows = collect(root, skip_corrupt=args.skip_corrupt)
-    if args.sort is not None:
-      rows = sort_rows(rows, args.sort, args.descending)
-  except ValueError as e:  # ResultsError, or an unknown --sort column.
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  rows = collect(os.path.expanduser(fv.workdir), skip_corrupt=fv.skip_corrupt)
+  if fv.sort is not None:
+    rows = sort_rows(rows, fv.sort, None if fv.order is None else fv.order == 'descending')
   text = FORMATS[fmt](rows)
-  if args.out is None:
+  if fv.out is None:
     sys.stdout.write(text)
     return 0
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8', newline='') as f:
+  os.makedirs(os.path.dirname(os.path.abspath(fv.out)), exist_ok=True)
+  with open(fv.out, 'w', encoding='utf-8', newline='') as f:
     f.write(text)
-  print(f'Wrote {args.out} ({len(rows)} runs)')
+  print(f'Wrote {fv.out} ({len(rows)} runs)')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

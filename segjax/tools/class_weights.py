@@ -1,6 +1,6 @@
 r"""Class weights for the loss from a split's label statistics.
 
-  python -m segjax.class_weights --config=configs/deeplabv3plus.py:dataset=camvid \
+  segjax class_weights --config=configs/deeplabv3plus.py:dataset=camvid \
       --config.data.root=../shared/data/camvid [--split=train] [--method=median_frequency]
 
 Masks are read exactly as training reads them (the source's mask decoding,
@@ -35,8 +35,12 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+from absl import flags
+from ml_collections import config_flags
 import numpy as np
 
+from segjax import cli
+from segjax import config as config_lib
 from segjax.data import labels as labels_lib
 from segjax.data import sources
 
@@ -174,36 +178,30 @@ def format_report(weights, counts: dict, names, *, split: str, method: str,
   return '\n'.join(lines)
 
 
-def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from segjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = config_lib.validate(flags.FLAGS.config)
-  split = flags.FLAGS.split or config.data.train_split
-  method = flags.FLAGS.method
-  ignored_as_class = flags.FLAGS.ignored_as_class
-  weights, counts = compute_class_weights(config, split, method,
-                                          ignored_as_class=ignored_as_class)
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  config = config_lib.validate(fv.config)
+  split = fv.split or config.data.train_split
+  weights, counts = compute_class_weights(config, split, fv.method,
+                                          ignored_as_class=fv.ignored_as_class)
   print(format_report(weights, counts, labels_lib.spec_from_config(config.data).names,
-                      split=split, method=method, ignored_as_class=ignored_as_class),
+                      split=split, method=fv.method, ignored_as_class=fv.ignored_as_class),
         flush=True)
+  return 0
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
   config_flags.DEFINE_config_file('config', None, 'Config file: configs/x.py:a=1,b',
-                                  lock_config=True)
-  flags.DEFINE_string('split', '', "Split to count ('' = data.train_split); slices work.")
-  flags.DEFINE_enum('method', 'median_frequency', list(METHODS), 'Weighting method.')
+                                  lock_config=True, flag_values=fv)
+  flags.DEFINE_string('split', '', "Split to count ('' = data.train_split); slices work.",
+                      flag_values=fv)
+  flags.DEFINE_enum('method', 'median_frequency', list(METHODS), 'Weighting method.',
+                    flag_values=fv)
   flags.DEFINE_bool('ignored_as_class', False, 'SegNet convention: ignored pixels are an '
-                    'extra class in the median and count in the totals.')
-  flags.mark_flags_as_required(['config'])
+                    'extra class in the median and count in the totals.', flag_values=fv)
+  flags.mark_flags_as_required(['config'], flag_values=fv)
 
 
 if __name__ == '__main__':
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  _app.run(main)
+  cli.run(main, define_flags)

@@ -1,6 +1,6 @@
 r"""Scan a dataset before training: read every example, report its statistics and problems.
 
-  python -m segjax.check_data --config=configs/deeplabv3plus.py:dataset=camvid,runlocal \
+  segjax check_data --config=configs/deeplabv3plus.py:dataset=camvid,runlocal \
       --config.data.root=../shared/data/camvid [--split=train,val] [--json=out.json] \
       [--max_examples=N]
 
@@ -38,9 +38,13 @@ import json
 import os
 import sys
 
+from absl import flags
+from ml_collections import config_flags
 import numpy as np
 import tqdm
 
+from segjax import cli
+from segjax import config as config_lib
 from segjax.data import labels as labels_lib
 from segjax.data import sources
 
@@ -392,43 +396,38 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from segjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = config_lib.validate(flags.FLAGS.config)
-  splits = flags.FLAGS.split or [config.data.train_split, config.data.val_split]
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  config = config_lib.validate(fv.config)
+  splits = fv.split or [config.data.train_split, config.data.val_split]
   # A joined split ('train+val') is scanned part by part.
   splits = list(dict.fromkeys(p.strip() for s in splits for p in s.split('+')))
   for split in splits:
     try:
       sources.parse_split(split)
     except ValueError as e:
-      raise app.UsageError(f'--split: {e}') from None
-  report = scan(config, splits, flags.FLAGS.max_examples)
+      raise cli.UsageError(f'--split: {e}') from None
+  report = scan(config, splits, fv.max_examples)
   print(format_report(report), flush=True)
-  if flags.FLAGS.json:
-    with open(flags.FLAGS.json, 'w') as f:
+  if fv.json:
+    with open(fv.json, 'w') as f:
       json.dump(report, f, indent=1)
   return 1 if report['num_problems'] else 0
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
   config_flags.DEFINE_config_file('config', None, 'Config file: configs/x.py:a=1,b',
-                                  lock_config=True)
+                                  lock_config=True, flag_values=fv)
   flags.DEFINE_list('split', None, 'Splits to scan, comma-separated (slices work: '
-                    "train[:25]); default: data.train_split and data.val_split.")
-  flags.DEFINE_string('json', '', 'Also write the full report as JSON to this path.')
+                    "train[:25]); default: data.train_split and data.val_split.",
+                    flag_values=fv)
+  flags.DEFINE_string('json', '', 'Also write the full report as JSON to this path.',
+                      flag_values=fv)
   flags.DEFINE_integer('max_examples', None, 'Read at most this many examples per split.',
-                       lower_bound=1)
-  flags.mark_flags_as_required(['config'])
+                       lower_bound=1, flag_values=fv)
+  flags.mark_flags_as_required(['config'], flag_values=fv)
 
 
 if __name__ == '__main__':
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  _app.run(main)
+  cli.run(main, define_flags)

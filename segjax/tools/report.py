@@ -1,6 +1,6 @@
 r"""A run report built from its workdir alone: Markdown plus matplotlib PNG figures.
 
-  python -m segjax.report --workdir=runs/quickstart    # -> runs/quickstart/report/
+  segjax report --workdir=runs/deeplabv3plus    # -> runs/deeplabv3plus/report/
 
 `write_report(workdir)` reads what training and evaluation leave in the
 workdir: `config.json` (the run header), `metrics.jsonl` (loss, learning-rate
@@ -15,18 +15,18 @@ anywhere. Nothing needs jax or a checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
 import os
 import re
 import shutil
-import sys
 from typing import Any, Optional
 
+from absl import flags
 import numpy as np
 
+from segjax import cli
 from segjax import figures
 from segjax.data import labels as labels_lib
 
@@ -301,7 +301,7 @@ def build_report(workdir: str, out_dir: str, *, split: Optional[str] = None) -> 
   os.makedirs(out_dir, exist_ok=True)
   title = f'segjax run: {os.path.basename(os.path.abspath(workdir))}'
   out = [f'# {title}', '',
-         f'Generated {datetime.datetime.now().isoformat(timespec="seconds")} by segjax.report '
+         f'Generated {datetime.datetime.now().isoformat(timespec="seconds")} by segjax report '
          'from the files in the workdir.', '']
   if chosen is not None:
     r = chosen['result']
@@ -403,23 +403,21 @@ def write_report(workdir: str, *, out: Optional[str] = None,
   return path
 
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.report', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='the run directory')
-  parser.add_argument('--out', default=None, help='report folder (default <workdir>/report)')
-  parser.add_argument('--split', default=None,
-                      help="split detailed in the per-class table (default the config's "
-                           'data.val_split)')
-  args = parser.parse_args(argv)
-  try:
-    path = write_report(os.path.expanduser(args.workdir), out=args.out, split=args.split)
-  except ReportError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('workdir', None, 'The run directory.', required=True, flag_values=fv)
+  flags.DEFINE_string('out', None, 'Report folder (default <workdir>/report).',
+                      flag_values=fv)
+  flags.DEFINE_string('split', None, "Split detailed in the per-class table (default the "
+                      "config's data.val_split).", flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  path = write_report(os.path.expanduser(fv.workdir), out=fv.out, split=fv.split)
   print(f'Wrote {path}')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

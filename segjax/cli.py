@@ -54,6 +54,8 @@ TOOLS = {
     'sweep': "print one launch command per point of a config file's sweep (local or TPU)",
     'results': "tabulate a sweep's runs (Markdown, CSV or JSON)",
     'tpu': 'create, install, launch, watch and delete Cloud TPU VMs (gcloud commands)',
+    'iou_report': 'per-class #TP, #FP, #FN and IoU of an evaluation result',
+    'prepare_dlcv': 'list files (and optionally a generated set) for the DLCV satellite layout',
 }
 
 _HELP_FLAGS = ('--help', '--helpshort', '--helpfull', '-?', '-help')

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segjax import average
+from segjax.tools import average_checkpoints as average
 from segjax import checkpoint as ckpt_lib
 from segjax import config as config_lib
-from segjax import iou_report
+from segjax import cli
+from segjax.tools import iou_report
 from segjax import losses
 from segjax import optim
 from segjax import sharding
@@ -193,10 +194,11 @@ def test_iou_report_cli(tmp_path, capsys):
   path = tmp_path / 'eval.json'
   path.write_text(json.dumps({'confusion_matrix': [[2, 0], [1, 1]],
                               'IoU': {'road': 0.0, 'car': 0.0}}))
-  assert iou_report.main([str(path)]) == 0
+  assert cli.invoke(iou_report.define_flags, iou_report.main, [f'--result={path}']) == 0
   assert '| 00 road | 2 | 1 | 0 | 0.667 |' in capsys.readouterr().out
   (tmp_path / 'bad.json').write_text('{')
-  assert iou_report.main([str(tmp_path / 'bad.json')]) == 2
+  assert cli.invoke(iou_report.define_flags, iou_report.main,
+                    [f'--result={tmp_path / "bad.json"}']) == 2
   assert 'bad.json' in capsys.readouterr().err
 
 
@@ -278,7 +280,7 @@ def test_freeze_encoder_without_weights_is_refused():
     config_lib.validate(c)
   text = str(e.value)
   assert 'model.pretrained' in text
-  assert 'python -m segjax.convert --from=keras --arch=mobilenetv2' in text
+  assert 'segjax convert_weights --from=keras --arch=mobilenetv2' in text
   c.model.pretrained = '/weights/mnv2'
   config_lib.validate(c)
   c.model.pretrained = ''
@@ -372,9 +374,9 @@ def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_pat
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config_lib.validate(c), workdir)
   losses_by_step = {}
-  for name in os.listdir(workdir):
-    if name.startswith('eval_validation_') and name.endswith('.json'):
-      with open(os.path.join(workdir, name)) as f:
+  for name in os.listdir(os.path.join(workdir, 'eval')):
+    if name.startswith('validation_') and name.endswith('.json') and '_ema' not in name:
+      with open(os.path.join(workdir, 'eval', name)) as f:
         r = json.load(f)
       losses_by_step[r['step']] = r['loss']
   assert sorted(losses_by_step) == [1, 2, 3, 4, 5]

@@ -312,12 +312,12 @@ def test_tensor_geometry_is_checked_before_any_view(tmp_path):
 
 def test_convert_command_refuses_negative_stride(tmp_path):
   path = _hostile_file(tmp_path, 'negative_stride', legacy=True)
-  proc = subprocess.run([sys.executable, '-m', 'segjax.convert', '--from=torchvision',
+  proc = subprocess.run([sys.executable, '-m', 'segjax.tools.convert_weights', '--from=torchvision',
                          '--arch=resnet50', f'--weights={path}', f'--out={tmp_path / "out"}'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
   assert proc.stderr.strip().splitlines() == [
-      f"error: {path}: tensor 'state_dict/bad': stride (-1048576,) is negative"]
+      f"ERROR: {path}: tensor 'state_dict/bad': stride (-1048576,) is negative"]
   assert not (tmp_path / 'out').exists()
 
 
@@ -514,7 +514,7 @@ def _make(data, split='train', problems=None):
 def test_linked_image_or_mask_outside_root_is_refused(tmp_path, outside):
   """train/x.png -> a file outside data.root: refused naming the link and its target
   (collected as a problem by check_data); the other pairs still read."""
-  from segjax import check_data  # pylint: disable=g-import-not-at-top
+  from segjax.tools import check_data  # pylint: disable=g-import-not-at-top
   from segjax.data import sources  # pylint: disable=g-import-not-at-top
   root = _dataset(tmp_path / 'root')
   (root / 'train' / 'img9.png').symlink_to(outside / 'x.png')
@@ -562,7 +562,7 @@ def test_linked_folders_and_config_paths_outside_root_are_refused(tmp_path, outs
 def test_list_file_outside_root_is_refused_and_never_echoed(tmp_path, outside):
   """data.list_file pointing at a file outside data.root (by '..', an absolute path,
   or a link) is refused without reading it; check_data does not print its lines."""
-  from segjax import check_data  # pylint: disable=g-import-not-at-top
+  from segjax.tools import check_data  # pylint: disable=g-import-not-at-top
   from segjax.data import sources  # pylint: disable=g-import-not-at-top
   root = _dataset(tmp_path / 'root')
   (root / 'linked.txt').symlink_to(outside / 'secret.txt')

@@ -12,7 +12,7 @@ The folder source pairs files through a list file, so this module writes one
 per split (`<root>/<split>.txt`, '<image> <mask>' per line, paths relative
 to root); `preset(config.data, root)` points a config at them:
 
-  python -m segjax.data.dlcv --root=hw1_data/p2_data --splits=train,validation
+  segjax prepare_dlcv --root=hw1_data/p2_data --splits=train,validation
 
 `write_generated(root, split, n)` writes a small generated dataset in the same
 layout (random class regions, colour-coded masks), for the pipeline's tests
@@ -21,10 +21,8 @@ and a first run without the data.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
-import sys
 
 import numpy as np
 from PIL import Image
@@ -109,28 +107,3 @@ def write_generated(root: str, split: str, n: int, size: int = 64, seed: int = 0
     image = np.clip(tints[index] + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     Image.fromarray(image).save(folder / f'{i:04d}{IMAGE_SUFFIX}', quality=95)
     Image.fromarray(colours[index]).save(folder / f'{i:04d}{MASK_SUFFIX}')
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m segjax.data.dlcv', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--root', required=True, help='folder holding the split folders')
-  parser.add_argument('--splits', default=','.join(SPLITS), help='comma-separated splits')
-  parser.add_argument('--generate', type=int, default=0, metavar='N',
-                      help='first write N generated pairs per split (no data needed)')
-  args = parser.parse_args(argv)
-  splits = [s.strip() for s in args.splits.split(',') if s.strip()]
-  try:
-    if args.generate:
-      for split in splits:
-        write_generated(args.root, split, args.generate)
-    for path in write_list_files(args.root, splits):
-      print(f'wrote {path}')
-  except (OSError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

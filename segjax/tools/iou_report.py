@@ -1,7 +1,7 @@
 r"""Per-class #TP, #FP, #FN and IoU from a confusion matrix: the separable
 residual FCN write-up's report, for any evaluation result.
 
-  python -m segjax.iou_report runs/x/eval_val_00001234.json
+  segjax iou_report --result=runs/x/eval/val_00001234.json
 
 Counts are pixels: for class c, TP = cm[c, c], FP = the column sum minus TP
 (pixels predicted c that are not c), FN = the row sum minus TP; IoU = TP /
@@ -12,10 +12,12 @@ from both ground truth and prediction has no IoU), as segjax.metrics does.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Sequence
 
+from absl import flags
 import numpy as np
+
+from segjax import cli
 
 
 def class_counts(cm) -> dict[str, np.ndarray]:
@@ -50,23 +52,25 @@ def format_counts(cm, class_names: Sequence[str] | None = None) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1:
-    print('usage: python -m segjax.iou_report <eval_<split>_<step>.json>', file=sys.stderr)
-    return 2
-  path = argv[0]
+def define_flags(fv: flags.FlagValues) -> None:
+  """Defined when run as a command (not on import), so tools import side by side."""
+  flags.DEFINE_string('result', None, 'An evaluation result: <workdir>/eval/<split>_<step>.json.',
+                      required=True, flag_values=fv)
+
+
+def main(argv, fv: flags.FlagValues = flags.FLAGS) -> int:
+  del argv
+  path = fv.result
   try:
     with open(path) as f:
       result = json.load(f)
     cm = result['confusion_matrix']
     names = list(result.get('IoU', {})) or None
-    print(format_counts(cm, names), end='')
-  except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-    print(f'error: {path}: cannot make the report ({type(e).__name__}: {e})', file=sys.stderr)
-    return 2
+  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: not an evaluation result ({type(e).__name__}: {e})') from None
+  print(format_counts(cm, names), end='')
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main, define_flags)

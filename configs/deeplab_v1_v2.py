@@ -20,7 +20,7 @@ Arguments:
   runlocal         shrink the run for a 2-core CPU: AdamW (weight decay 1e-4) at
                    the TRAINING table's rate, batch 8, 300 steps
 
-  python -m segjax.convert --from=torchvision --arch=vgg16 --weights=vgg16-397923af.pth \
+  segjax convert_weights --from=torchvision --arch=vgg16 --weights=vgg16-397923af.pth \
       --out=weights/vgg16
   python launch.py --config=configs/deeplab_v1_v2.py:dataset=camvid,crf \
       --config.data.root=/path/to/camvid --config.model.pretrained=weights/vgg16 \

@@ -24,8 +24,8 @@ Arguments:
 The weights (tf.keras.applications.MobileNetV2(input_shape=[128, 128, 3],
 include_top=False) downloads mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5):
 
-  python -m segjax.data.prepare_tfds --name=oxford_iiit_pet --data_dir=~/tensorflow_datasets
-  python -m segjax.convert --from=keras --arch=mobilenetv2 \
+  segjax prepare_tfds --name=oxford_iiit_pet --data_dir=~/tensorflow_datasets
+  segjax convert_weights --from=keras --arch=mobilenetv2 \
       --weights=mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5 \
       --out=weights/mobilenetv2_keras_128
   python launch.py --config=configs/pets_unet_tutorial.py --workdir=runs/pets_tutorial \

@@ -7,13 +7,13 @@ COCO-trained weights load as the whole model with the classifier's last
 layer left at random init for the 6 classes. Recipe and arguments as
 configs/satellite_fcn32s.py (its `recipe`).
 
-  python -m segjax.data.dlcv --root=hw1_data/p2_data
-  python -m segjax.convert --from=torchvision --arch=deeplabv3_resnet101 \
+  segjax prepare_dlcv --root=hw1_data/p2_data
+  segjax convert_weights --from=torchvision --arch=deeplabv3_resnet101 \
       --weights=deeplabv3_resnet101_coco-586e9e4e.pth --out=weights/deeplabv3_r101
   python launch.py --config=configs/satellite_deeplabv3_r101.py --workdir=runs/sat_dlv3 \
       --config.data.root=hw1_data/p2_data --config.model.pretrained=weights/deeplabv3_r101 \
       --config.model.pretrained_exclude='params/classifier/*,params/aux*'
-  python -m segjax.average --workdir=runs/sat_dlv3 --steps=lowest_loss:3 \
+  segjax average_checkpoints --workdir=runs/sat_dlv3 --steps=lowest_loss:3 \
       --out=runs/sat_dlv3_ensemble --evaluate
 """
 

@@ -21,12 +21,12 @@ Arguments (after ':' in --config; configs/satellite_deeplabv3_r101.py takes the 
 
 Commands (data: the DLCV hw1 p2 folders train/ and validation/):
 
-  python -m segjax.data.dlcv --root=hw1_data/p2_data
-  python -m segjax.convert --from=torchvision --arch=vgg16 --weights=vgg16-397923af.pth \
+  segjax prepare_dlcv --root=hw1_data/p2_data
+  segjax convert_weights --from=torchvision --arch=vgg16 --weights=vgg16-397923af.pth \
       --out=weights/vgg16
   python launch.py --config=configs/satellite_fcn32s.py --workdir=runs/sat_fcn32s \
       --config.data.root=hw1_data/p2_data --config.model.pretrained=weights/vgg16
-  python -m segjax.average --workdir=runs/sat_fcn32s --steps=lowest_loss:3 \
+  segjax average_checkpoints --workdir=runs/sat_fcn32s --steps=lowest_loss:3 \
       --out=runs/sat_fcn32s_ensemble --evaluate
 """
 
@@ -74,7 +74,7 @@ def recipe(arg=None, **more_args):
   c.log_every = min(50, c.total_steps)
   c.eval.batch_size = 8
   # The ensemble: keep the three lowest-val-loss checkpoints for
-  # `python -m segjax.average --steps=lowest_loss:3`.
+  # `segjax average_checkpoints --steps=lowest_loss:3`.
   c.checkpoint.best_metric = 'loss'
   c.checkpoint.best_mode = 'min'
   c.checkpoint.keep_best = 3

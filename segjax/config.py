@@ -192,7 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Exponential moving average of the weights (and BatchNorm statistics):
   # 0 = off; e.g. 0.999. Evaluated alongside the raw weights (val_ema/*,
-  # eval_<split>_<step>_ema.json); checkpoints are ranked by the raw mIoU.
+  # eval/<split>_<step>_ema.json); checkpoints are ranked by the raw mIoU.
   c.ema = ml_collections.ConfigDict()
   c.ema.decay = 0.0
 
@@ -387,9 +387,9 @@ def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
         'encoder would stay frozen at its random initialisation. Convert ImageNet weights '
         'first, e.g. for the TF tutorial U-Net the Keras MobileNetV2 file '
         '(keras.applications, mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_128_no_top.h5):'
-        ' python -m segjax.convert --from=keras --arch=mobilenetv2 --weights=<that .h5> '
+        ' segjax convert_weights --from=keras --arch=mobilenetv2 --weights=<that .h5> '
         '--out=weights/mobilenetv2_keras, then pass '
-        '--config.model.pretrained=weights/mobilenetv2_keras (python -m segjax.convert --list '
+        '--config.model.pretrained=weights/mobilenetv2_keras (segjax convert_weights --list '
         'names the other architectures); or set model.allow_random_frozen_encoder=True to '
         'freeze a random encoder on purpose')
   if given['data.name'] == 'folder' and not given['data.root']:

@@ -23,7 +23,7 @@ an H-pixel map becomes ceil(H / 2), e.g. 321 -> 161 -> 81 -> 41 as in
 the paper; Caffe rounds up, so even sides differ from it by one pixel.
 fc6/fc7 start from random weights (the paper subsampled VGG's fc6/fc7);
 ImageNet VGG-16 weights load into the encoder
-(python -m segjax.convert --from=torchvision --arch=vgg16: fc6/fc7 dropped).
+(segjax convert_weights --from=torchvision --arch=vgg16: fc6/fc7 dropped).
 The fully connected CRF is a separate post-processing step (segjax.crf,
 config eval.crf).
 """

@@ -10,7 +10,7 @@ same code.) The run's own config is used (segjax.run_dir): `--config.eval.*`
 (split, mode, scales, flip, batch_size, mc_samples, num_panel_images, ...)
 and `--config.data.root` may change it; other keys are refused. The metrics
 table is printed first (and that of the EMA weights when the run kept them);
-then `--out` (default: the run directory) gets eval_<split>_<step>.json / .md /
+then `--out` (default: the run directory) gets eval/<split>_<step>.json / .md /
 _confusion.png and the prediction images. If those cannot be written, the
 command says so in one line and exits 1; the metrics are already on stdout.
 """

@@ -174,7 +174,7 @@ def camvid_config(opts, data_root: str):
 def camvid_worker(opts) -> int:
   """Runs in its own process: train (watchdog-limited), then TTA evaluation."""
   from segjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from segjax import evaluate  # pylint: disable=g-import-not-at-top
+  from segjax.tools import evaluate as evaluate_tool  # pylint: disable=g-import-not-at-top
   from segjax import train  # pylint: disable=g-import-not-at-top
   c = camvid_config(opts, opts.data_root)
   config_lib.validate(c)
@@ -190,16 +190,15 @@ def camvid_worker(opts) -> int:
   finally:
     timer.cancel()
   train_s = time.perf_counter() - t0
-  c.eval.flip = True
-  c.eval.scales = (1.0, 1.5) if opts.dry_run else TTA_SCALES
-  c.eval.checkpoint = 'latest'
+  scales = (1.0, 1.5) if opts.dry_run else TTA_SCALES
   t0 = time.perf_counter()
-  tta = evaluate.run(c, workdir)
+  tta = evaluate_tool.run(workdir, {'eval.flip': True, 'eval.scales': scales,
+                                    'eval.checkpoint': 'latest'})
   out = {'steps': int(c.total_steps), 'stopped_at_step': preempted, 'train_s': train_s,
          'eval_s': time.perf_counter() - t0, 'batch_size': int(c.batch_size),
          'crop': list(c.data.crop_size), 'model': f'{c.model.name}/{c.model.backbone}',
          'val_mIoU_single_scale': None if plain is None else plain['mIoU'],
-         'tta': {'flip': True, 'scales': list(c.eval.scales)},
+         'tta': {'flip': True, 'scales': list(scales)},
          'step': tta['step'], 'val_mIoU': tta['mIoU'], 'val_aAcc': tta['aAcc'],
          'per_class_IoU': tta['IoU']}
   print('RESULT ' + json.dumps(out), flush=True)

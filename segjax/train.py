@@ -503,8 +503,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             # The metric programs compile here too, so no interval pays for them.
             jax.block_until_ready((metrics, _compute_metrics(collection)))
             now = time.time()
-            writers.info(f'compiled in {now - t_compile:.1f} s (first step, compilation '
-                         'included; img/s and ETA count from here)')
+            writers.info(f'first step done {now - t_compile:.1f} s after compiling began '
+                         '(img/s and ETA count from here)')
             progress.start(step + 1, now)
           pending_finite.append(metrics['finite'])
           progress.advance()

@@ -115,8 +115,8 @@ def test_best_and_latest_select_the_right_steps(run):
     assert average.select_steps(ckpt, 'best:3') == [2, 4, 6]
     assert average.select_steps(ckpt, 'latest:2') == [4, 6]
     assert average.select_steps(ckpt, ' 6, 2 ') == [2, 6]
-    with pytest.raises(ValueError, match=r"only 3 of the kept checkpoints .* 2 \(mIoU "
-                       r'[0-9.]+\), 4 \(mIoU [0-9.]+\), 6 \(mIoU'):
+    with pytest.raises(ValueError, match=r"only 3 of the kept checkpoints .* have a val rank "
+                       r'\(checkpoint.best_metric\): 2 \([0-9.]+\), 4 \([0-9.]+\), 6 \('):
       average.select_steps(ckpt, 'best:4')
     with pytest.raises(ValueError, match=r'only 3 checkpoints are kept .* steps \[2, 4, 6\]'):
       average.select_steps(ckpt, 'latest:5')

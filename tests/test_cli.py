@@ -171,9 +171,9 @@ def test_eval_of_a_read_only_run_prints_first_and_writes_elsewhere(trained, tmp_
                         f'written to {unwritable}') and err.count('\n') == 1
   elsewhere = tmp_path / 'elsewhere'
   result = evaluate_tool.run(str(trained), out=str(elsewhere))
-  written = json.loads((elsewhere / 'eval_val_00000004.json').read_text())
+  written = json.loads((elsewhere / 'eval' / 'val_00000004.json').read_text())
   # The independent check: the same checkpoint's mIoU as training wrote it.
-  by_training = json.loads((trained / 'eval_val_00000004.json').read_text())
+  by_training = json.loads((trained / 'eval' / 'val_00000004.json').read_text())
   assert written['mIoU'] == pytest.approx(by_training['mIoU']) == pytest.approx(result['mIoU'])
   assert np.array_equal(written['confusion_matrix'], by_training['confusion_matrix'])
   assert sorted(os.listdir(trained)) == before  # Nothing written into the run.

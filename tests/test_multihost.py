@@ -124,9 +124,9 @@ def test_two_processes_match_one_process_with_checkpoint_restore(tmp_path):
                              rtol=1e-4, atol=1e-6)
 
   # The sharded evaluation: the same confusion matrix over the same 8 images.
-  with open(one / 'eval_val_00000004.json') as f:
+  with open(one / 'eval' / 'val_00000004.json') as f:
     val_a = json.load(f)
-  with open(two / 'eval_val_00000004.json') as f:
+  with open(two / 'eval' / 'val_00000004.json') as f:
     val_b = json.load(f)
   assert val_a['num_examples'] == val_b['num_examples'] == 8
   np.testing.assert_array_equal(val_b['confusion_matrix'], val_a['confusion_matrix'])

@@ -120,8 +120,10 @@ def test_first_step_by_hand_decays_kernels_only(name):
       return -lr * l2 / (np.abs(l2) + eps)
     if name == 'adamw':  # Decoupled: lr * wd * p on top of the Adam step.
       return -lr * (gg / (np.abs(gg) + eps) + (wd * pp if d else 0.0))
-    # rmsprop (optax: nu = (1 - decay) g^2 from 0, g / sqrt(nu + eps)).
-    return -lr * l2 / np.sqrt((1 - b2) * l2 ** 2 + eps)
+    # rmsprop in Keras 2's form (segjax's default): nu = (1 - rho) g^2 from 0,
+    # update g / (sqrt(nu) + eps), rho = optimizer.rho (0.9).
+    rho = float(c.optimizer.rho)
+    return -lr * l2 / (np.sqrt((1 - rho) * l2 ** 2) + eps)
 
   for path in (('conv', 'kernel'), ('conv', 'bias'), ('bn', 'scale')):
     got = updates[path[0]][path[1]]

@@ -177,6 +177,7 @@ def test_resize_config_predicts_at_that_size_and_resizes_back(run_dir, model_and
   shutil.copytree(run_dir, work)
   config = json.loads((work / 'config.json').read_text())
   config['data']['resize'] = [24, 24]
+  config['data']['crop_size'] = [24, 24]  # validate: a crop must fit in the resized image.
   (work / 'config.json').write_text(json.dumps(config))
   predict.run(str(work), str(input_dir / 'c.jpg'), str(tmp_path / 'out'))
   image = _rgb(input_dir / 'c.jpg')

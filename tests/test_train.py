@@ -72,16 +72,15 @@ def tiny_config(model='deeplabv3plus', **overrides):
 def test_one_step_on_8_devices_equals_1_device():
   """Same global batch on a 1-device and an 8-device mesh: same loss and update.
 
-  One SGD step (Adam's first update is ~lr * sign(g), which turns gradients that
-  are mathematically zero, e.g. BN biases after a linear projection, into
-  full-size differences). Tolerances come from measurement: with dropout off,
-  merely reversing the order of the examples on one device changes the
-  parameter update by a relative 7e-4 in float32 (BatchNorm's backward pass
-  amplifies rounding) and 8 devices differ from 1 by 2.4e-3; in this test's
-  setting 8 vs 1 differ by 1.1e-4 (update) and 1.5e-7 (BatchNorm statistics).
-  Real sharding bugs are O(1): per-device
-  BatchNorm statistics change the loss itself, and gradients summed instead of
-  averaged over devices make the update 8x larger.
+  One SGD step of the tiny U-Net (frozen MobileNetV2 encoder), whose update is
+  insensitive to float rounding: 1 vs 8 devices agree to ~1e-7 there, so the
+  tolerances are tight (the tiny DeepLabV3+ amplifies rounding through
+  BatchNorm over nearly constant pooled features: 8 vs 1 differ by 1e-4 after
+  one step; see tiny_config). The compiled programs are U-Net's, the cheapest
+  of the tiny configs. Real sharding bugs are O(1): per-device BatchNorm
+  statistics change the loss itself, and gradients summed instead of averaged
+  over devices make the update 8x larger. That the step itself is right is
+  tests/test_train_oracle.py's job.
   """
   script = textwrap.dedent(f"""
     import sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})
@@ -90,7 +89,7 @@ def test_one_step_on_8_devices_equals_1_device():
     from segjax import optim, sharding, train
     from segjax.data import pipeline
     assert jax.device_count() == 8, jax.devices()
-    c = tiny_config(**{{'optimizer.name': 'sgd', 'optimizer.lr': 0.05}})
+    c = tiny_config(model='unet', **{{'optimizer.name': 'sgd', 'optimizer.lr': 0.05}})
     model = train.build_model(c)
     tx, schedule = optim.make_optimizer(c)
     batch = pipeline.train_dataset(c)[0]
@@ -109,7 +108,7 @@ def test_one_step_on_8_devices_equals_1_device():
     np.testing.assert_allclose(out[1][0], out[8][0], rtol=1e-5)
     update, stats = rel(out[1][1], out[8][1]), rel(out[1][2], out[8][2])
     assert stats < 1e-5, stats
-    assert update < 1e-2, update
+    assert update < 1e-5, update
     print('OK', out[1][0], out[8][0], update, stats)
   """)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',

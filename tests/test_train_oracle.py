@@ -248,7 +248,8 @@ def test_frozen_encoder_keeps_encoder_bits_and_head_matches_oracle(setup, batch)
           train.variables_of(s0))
   stats = dict(s0.batch_stats, backbone=jax.device_get(calibrated['batch_stats']['backbone']))
   s0 = s0.replace(batch_stats=stats)
-  frozen = Setup(oracle_config(**{'model.freeze_encoder': True}), s0.params, stats)
+  frozen = Setup(oracle_config(**{'model.freeze_encoder': True,
+                                  'model.allow_random_frozen_encoder': True}), s0.params, stats)
   got1, got2 = frozen.run(batch, 2)
   for got in (got1, got2):
     assert trees_equal(got.params['backbone'], s0.params['backbone'])

@@ -21,6 +21,7 @@ from PIL import Image
 
 from segjax import checkpoint as ckpt_lib
 from segjax import evaluate
+from segjax.tools import evaluate as evaluate_tool
 from segjax import figures
 from segjax import train
 from segjax import writers
@@ -104,7 +105,7 @@ def test_images_per_sec_excludes_evaluation_and_checkpoint_time(logged_run):
   # The first interval starts when the compiling first step is done (its
   # train.log line), so compilation is not in it either.
   compiled = next(l for l in (workdir / 'train.log').read_text().splitlines()
-                  if 'compiled in' in l)
+                  if 'count from here' in l)
   t_compiled = _log_time(compiled)
   bounds = [(t_compiled, 1)] + [(r['wall_time'], r['step']) for r in train_rows]
   checked = 0
@@ -149,10 +150,10 @@ def test_train_log_has_the_console_lines_with_timestamps(logged_run):
     stamps.append(time.mktime(time.strptime(m.group(1)[:19], '%Y-%m-%d %H:%M:%S')))
   assert stamps == sorted(stamps)
   text = '\n'.join(lines)
-  for needle in ('compiling the train step', 'compiled in', 'step 2/5', 'step 5/5',
+  for needle in ('compiling the train step', 'train step: ', 'step 2/5', 'step 5/5',
                  'step 4: val mIoU', 'val @ step 5, 8 images', 'Total: '):
     assert needle in text, needle
-  compiled = re.search(r'compiled in ([0-9.]+) s', text)
+  compiled = re.search(r'first step done ([0-9.]+) s after compiling began', text)
   assert compiled and float(compiled.group(1)) > 0
 
 
@@ -204,8 +205,7 @@ def test_eval_files_under_eval_and_panels_spread_over_the_split(logged_run):
       assert (workdir / 'eval' / f'val_{step:08d}{ext}').is_file()
   assert not list(workdir.glob('eval_*'))
   config = _config()
-  config.eval.checkpoint = 'latest'
-  evaluate.run(config, str(workdir))
+  evaluate_tool.run(str(workdir), {'eval.checkpoint': 'latest'})
   n = config.data.synthetic_val_examples
   want = sorted({int(i) for i in np.round(np.linspace(0, n - 1, NUM_PANELS))})
   assert want == [0, 4, 7]
@@ -269,7 +269,7 @@ def test_progress_rate_leaves_out_paused_time():
 
 
 def test_import_has_no_tensorflow_and_no_pyplot():
-  code = ('import sys, segjax.train, segjax.report, segjax.figures, segjax.evaluate; '
+  code = ('import sys, segjax.train, segjax.tools.report, segjax.figures, segjax.evaluate; '
           "assert 'tensorflow' not in sys.modules, 'tensorflow'; "
           "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot'")
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,

@@ -49,6 +49,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *,
   return jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
+def _masked_probs_and_onehot(logits: jax.Array, labels: jax.Array):
+  """(softmax, one-hot, summing axes), both zero at ignored pixels: the per-class
+  sums of the overlap losses (Dice, F-beta) see valid pixels only."""
+  num_classes = logits.shape[-1]
+  mask = valid_mask(labels, num_classes).astype(jnp.float32)[..., None]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * mask
+  onehot = jax.nn.one_hot(jnp.where(mask[..., 0] > 0, labels, 0), num_classes,
+                          dtype=jnp.float32) * mask
+  return probs, onehot, tuple(range(logits.ndim - 1))
+
+
 def dice_loss(logits: jax.Array, labels: jax.Array, *, smooth: float = 1.0,
               class_weights: Optional[jax.Array] = None) -> jax.Array:
   """Soft multi-class Dice loss over valid pixels, 1 - mean Dice over classes.
@@ -59,12 +70,7 @@ def dice_loss(logits: jax.Array, labels: jax.Array, *, smooth: float = 1.0,
   `mask` of present classes), so a batch without class c neither rewards nor
   punishes predicting it beyond what cross entropy does.
   """
-  num_classes = logits.shape[-1]
-  mask = valid_mask(labels, num_classes).astype(jnp.float32)[..., None]
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * mask
-  onehot = jax.nn.one_hot(jnp.where(mask[..., 0] > 0, labels, 0), num_classes,
-                          dtype=jnp.float32) * mask
-  axes = tuple(range(logits.ndim - 1))
+  probs, onehot, axes = _masked_probs_and_onehot(logits, labels)
   intersection = jnp.sum(probs * onehot, axis=axes)
   cardinality = jnp.sum(probs + onehot, axis=axes)
   dice = (2.0 * intersection + smooth) / (cardinality + smooth)
@@ -88,12 +94,7 @@ def fbeta_loss(logits: jax.Array, labels: jax.Array, *, beta: float = 1.0,
   loss counts their predictions as false positives). Class weights make the
   mean a weighted mean.
   """
-  num_classes = logits.shape[-1]
-  mask = valid_mask(labels, num_classes).astype(jnp.float32)[..., None]
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * mask
-  onehot = jax.nn.one_hot(jnp.where(mask[..., 0] > 0, labels, 0), num_classes,
-                          dtype=jnp.float32) * mask
-  axes = tuple(range(logits.ndim - 1))
+  probs, onehot, axes = _masked_probs_and_onehot(logits, labels)
   tp = jnp.sum(probs * onehot, axis=axes)
   fp = jnp.sum(probs, axis=axes) - tp
   fn = jnp.sum(onehot, axis=axes) - tp

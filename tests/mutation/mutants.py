@@ -103,4 +103,13 @@ MUTANTS = (
            'return jax.tree.map(lambda p: p.ndim >= 1, params)',
            ('tests/test_optim.py::test_sgd_momentum_and_weight_decay_by_hand',),
            'weight decay on biases and BatchNorm scales (all optimizers)'),
+    Mutant('labels_misaligned_in_step', 'segjax/train.py',
+           "    labels = batch['label']\n", "    labels = batch['label'][:, ::-1]\n",
+           ('tests/test_overfit.py::test_a_tiny_model_overfits_one_fixed_batch',),
+           'the step trains on labels mirrored against their images'),
+    Mutant('updates_ascend_the_loss', 'segjax/train.py',
+           'new_params = optax.apply_updates(state.params, updates)',
+           'new_params = optax.apply_updates(state.params, jax.tree.map(jnp.negative, updates))',
+           ('tests/test_overfit.py::test_a_tiny_model_overfits_one_fixed_batch',),
+           'updates applied with the wrong sign'),
 )

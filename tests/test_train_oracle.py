@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
+from segjax import losses
 from segjax import optim
 from segjax import sharding
 from segjax import train
@@ -85,7 +86,7 @@ def oracle_ce(logits, labels):
   return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.sum(valid)
 
 
-def make_oracle(model, config):
+def make_oracle(model, config, loss_fn=oracle_ce):
   mean = np.asarray(config.data.mean, np.float32).reshape(1, 1, 1, 3)
   std = np.asarray(config.data.std, np.float32).reshape(1, 1, 1, 3)
 
@@ -96,7 +97,7 @@ def make_oracle(model, config):
     def total_loss(p):
       out, new_vars = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
                                   mutable=['batch_stats'], rngs={'dropout': dropout_key})
-      loss = oracle_ce(out['logits'], batch['label']) + AUX_WEIGHT * oracle_ce(
+      loss = loss_fn(out['logits'], batch['label']) + AUX_WEIGHT * loss_fn(
           out['aux'], batch['label'])
       return loss, new_vars['batch_stats']
 
@@ -262,3 +263,32 @@ def test_frozen_encoder_keeps_encoder_bits_and_head_matches_oracle(setup, batch)
   assert_updates_close(got2.params, p2, got1.params)
   assert_tree_close(got2.batch_stats, bs2, rtol=1e-5)
   assert not trees_equal(got1.params['aspp'], s0.params['aspp'])
+
+
+def test_lr_multipliers_scale_the_backbone_and_head_steps(setup, batch):
+  """optimizer.backbone_lr_mult / head_lr_mult through the real step: the
+  backbone moves as the oracle's SGD step at 0.1 lr, the rest at 2 lr."""
+  s0 = setup.state0
+  mult = Setup(oracle_config(**{'optimizer.backbone_lr_mult': 0.1,
+                                'optimizer.head_lr_mult': 2.0}), s0.params, s0.batch_stats)
+  (got,) = mult.run(batch, 1)
+  key0 = jax.random.fold_in(mult.rng, 0)
+  slow, _ = jax.device_get(mult.oracle(s0.params, s0.batch_stats, batch, key0, 0.1 * LR))
+  fast, _ = jax.device_get(mult.oracle(s0.params, s0.batch_stats, batch, key0, 2.0 * LR))
+  for name in s0.params:
+    assert_updates_close(got.params[name], (slow if name == 'backbone' else fast)[name],
+                         s0.params[name])
+
+
+def test_loss_terms_reach_both_heads(setup, batch):
+  """loss.terms='ce:1.0,lovasz:0.5' through the real step: the oracle's loss is
+  its own CE plus half the Lovasz-softmax (tested by hand in test_losses.py),
+  on the main and, times aux_weight, on the auxiliary head."""
+  s0 = setup.state0
+  terms = Setup(oracle_config(**{'loss.terms': 'ce:1.0,lovasz:0.5'}), s0.params, s0.batch_stats)
+  (got,) = terms.run(batch, 1)
+  oracle = make_oracle(terms.model, terms.config,
+                       lambda l, y: oracle_ce(l, y) + 0.5 * losses.lovasz_softmax(l, y))
+  key0 = jax.random.fold_in(terms.rng, 0)
+  p1, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, LR))
+  assert_updates_close(got.params, p1, s0.params)

@@ -144,6 +144,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.lovasz_per_image = False
   c.loss.lovasz_classes = 'present'
   c.loss.ohem_top_k = 0.2
+  # ohem_thresh > 0: mmsegmentation's OHEMPixelSampler instead (the pixels whose
+  # true-class probability is under max(thresh, the batch's min_kept-per-image-th
+  # smallest)), e.g. 0.7 and 100000.
+  c.loss.ohem_thresh = 0.0
+  c.loss.ohem_min_kept = 100000
   # A weighted sum of named losses in place of loss.name, e.g.
   # 'ce:1.0,lovasz:0.5'; names: ce dice fbeta focal lovasz ohem ('' = off).
   c.loss.terms = ''
@@ -449,6 +454,10 @@ def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
   if not 0.0 < given['loss.ohem_top_k'] <= 1.0:
     raise ConfigError("config key 'loss.ohem_top_k' must be in (0, 1] (a fraction of each "
                       f"image's pixels), got {given['loss.ohem_top_k']!r}")
+  if not 0.0 <= given['loss.ohem_thresh'] < 1.0 or given['loss.ohem_min_kept'] < 1:
+    raise ConfigError("config keys 'loss.ohem_thresh' must be in [0, 1) (0 = top-k OHEM) and "
+                      f"'loss.ohem_min_kept' >= 1, got {given['loss.ohem_thresh']!r}, "
+                      f"{given['loss.ohem_min_kept']!r}")
   for key in ('optimizer.backbone_lr_mult', 'optimizer.head_lr_mult'):
     if given[key] < 0:
       raise ConfigError(f"config key '{key}' must be >= 0, got {given[key]!r}")

@@ -217,6 +217,37 @@ def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, *, top_k_percent: f
   return jnp.mean(jnp.sum(top, axis=1) / jnp.maximum(count, 1.0))
 
 
+def ohem_threshold_cross_entropy(logits: jax.Array, labels: jax.Array, *, thresh: float = 0.7,
+                                 min_kept: int = 100000,
+                                 class_weights: Optional[jax.Array] = None) -> jax.Array:
+  """Cross entropy of the hard pixels, mmsegmentation's OHEMPixelSampler(thresh, min_kept).
+
+  Over the batch of B images: p_i the softmax probability of pixel i's true
+  class, q the (B * min_kept)-th smallest p_i of the n valid pixels (0-based,
+  clipped to n - 1), threshold = max(q, thresh); the pixels with
+  p_i < threshold are kept, and the loss is sum over kept i of w[y_i] CE_i
+  divided by the number of pixels of the batch, ignored ones included (mmseg's
+  CrossEntropyLoss with its default avg_non_ignore=False). The selection is
+  constant under differentiation (mmseg samples under torch.no_grad).
+  """
+  if not 0.0 < thresh < 1.0 or min_kept < 1:
+    raise ValueError(f'ohem thresh={thresh!r} must be in (0, 1) and min_kept={min_kept!r} >= 1')
+  num_classes = logits.shape[-1]
+  mask = valid_mask(labels, num_classes)
+  safe = jnp.where(mask, labels, 0)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_pt = jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+  p_true = jax.lax.stop_gradient(jnp.exp(log_pt))
+  ordered = jnp.sort(jnp.where(mask, p_true, 2.0).reshape(-1))  # Ignored pixels last.
+  n = jnp.sum(mask)
+  q = ordered[jnp.clip(jnp.minimum(min_kept * logits.shape[0], n - 1), 0)]
+  threshold = jnp.maximum(jnp.where(n > 0, q, 0.0), thresh)
+  weights = (mask & (p_true < threshold)).astype(jnp.float32)
+  if class_weights is not None:
+    weights = weights * jnp.asarray(class_weights, jnp.float32)[safe]
+  return -jnp.sum(weights * log_pt) / labels.size
+
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 # The losses a weighted sum (loss.terms) can name.
@@ -256,11 +287,13 @@ def make_loss(name: str, *, class_weights: Sequence[float] = (),
               fbeta_beta: float = 1.0, fbeta_smooth: float = 1e-5,
               focal_gamma: float = 2.0, focal_alpha: float = 1.0,
               lovasz_per_image: bool = False, lovasz_classes: str = 'present',
-              ohem_top_k: float = 0.2, terms: str = '') -> LossFn:
+              ohem_top_k: float = 0.2, ohem_thresh: float = 0.0, ohem_min_kept: int = 100000,
+              terms: str = '') -> LossFn:
   """loss(logits, labels) -> scalar for the config's `loss` block.
 
   `terms` (e.g. 'ce:1.0,lovasz:0.5'), when given, is the loss: the weighted sum
-  of the named losses (TERMS), in place of `name`.
+  of the named losses (TERMS), in place of `name`. 'ohem' is DeepLab2's top-k
+  form, or mmsegmentation's threshold form when ohem_thresh > 0.
   """
   cw = jnp.asarray(class_weights, jnp.float32) if len(class_weights) else None
   single = {
@@ -272,8 +305,10 @@ def make_loss(name: str, *, class_weights: Sequence[float] = (),
                                        class_weights=cw),
       'lovasz': lambda l, y: lovasz_softmax(l, y, per_image=lovasz_per_image,
                                             classes=lovasz_classes, class_weights=cw),
-      'ohem': lambda l, y: ohem_cross_entropy(l, y, top_k_percent=ohem_top_k,
-                                              class_weights=cw),
+      'ohem': lambda l, y: (
+          ohem_threshold_cross_entropy(l, y, thresh=ohem_thresh, min_kept=ohem_min_kept,
+                                       class_weights=cw) if ohem_thresh else
+          ohem_cross_entropy(l, y, top_k_percent=ohem_top_k, class_weights=cw)),
   }
 
   def ce(logits, labels):
@@ -309,4 +344,5 @@ def from_config(loss_config) -> LossFn:
                    focal_gamma=float(c.focal_gamma), focal_alpha=float(c.focal_alpha),
                    lovasz_per_image=bool(c.lovasz_per_image),
                    lovasz_classes=str(c.lovasz_classes), ohem_top_k=float(c.ohem_top_k),
+                   ohem_thresh=float(c.ohem_thresh), ohem_min_kept=int(c.ohem_min_kept),
                    terms=str(c.terms))

@@ -295,6 +295,7 @@ def test_command_line_typo_is_rejected():
      "config keys 'loss.name' = 'dice', 'loss.terms' = 'ce:1': set one of them"),
     (dict(loss__ohem_top_k=0.0), "config key 'loss.ohem_top_k' must be in (0, 1]"),
     (dict(loss__focal_gamma=-1.0), "'loss.focal_gamma' must be >= 0"),
+    (dict(loss__ohem_thresh=1.0), "'loss.ohem_thresh' must be in [0, 1) (0 = top-k OHEM)"),
     (dict(loss__lovasz_classes='some'), "config key 'loss.lovasz_classes' = 'some' is not one"),
     (dict(optimizer__backbone_lr_mult=-0.1),
      "config key 'optimizer.backbone_lr_mult' must be >= 0, got -0.1"),

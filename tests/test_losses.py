@@ -275,8 +275,50 @@ def test_ohem_top_k_by_hand():
     losses.ohem_cross_entropy(logits, labels, top_k_percent=0.0)
 
 
-@pytest.mark.parametrize('name', ['focal', 'lovasz', 'ohem'])
-def test_new_losses_have_finite_gradients_and_none_at_ignored_pixels(name):
+def test_ohem_threshold_mmseg_form_by_hand():
+  # One image of 2 x 4 pixels, true-class probabilities p (CE = -log p), one
+  # ignored; the valid p sorted: .3 .5 .6 .75 .8 .9 .95 (0-based indices).
+  p_true = np.array([0.9, 0.5, 0.1, 0.8, 0.6, 0.75, 0.95, 0.3])
+  labels = jnp.asarray(np.array([0, 0, 255, 0, 0, 0, 0, 0]).reshape(1, 2, 4))
+  logits = jnp.asarray(np.log(np.stack([p_true, 1 - p_true], -1)).reshape(1, 2, 4, 2),
+                       jnp.float32)
+  ce = lambda *ps: -np.log(ps).sum()
+
+  def ohem(**kw):
+    return losses.ohem_threshold_cross_entropy(logits, labels, **kw)
+
+  # min_kept 2: the 2nd-index probability .6 < thresh .7, so threshold .7 keeps
+  # .3 .5 .6; the sum is divided by all 8 pixels, the ignored one included.
+  np.testing.assert_allclose(ohem(thresh=0.7, min_kept=2), ce(0.3, 0.5, 0.6) / 8, rtol=1e-5)
+  # min_kept 4: the threshold rises to the 4th-index probability .8 (strictly below).
+  np.testing.assert_allclose(ohem(thresh=0.7, min_kept=4), ce(0.3, 0.5, 0.6, 0.75) / 8,
+                             rtol=1e-5)
+  # min_kept beyond the valid pixels: the index clips to the largest, .95.
+  np.testing.assert_allclose(ohem(thresh=0.7, min_kept=100),
+                             ce(0.3, 0.5, 0.6, 0.75, 0.8, 0.9) / 8, rtol=1e-5)
+  # Class weights scale the kept losses, not the selection: pixel 1 (p .5) as
+  # class 1 (p .5 too) with weight 3.
+  w = jnp.asarray([1.0, 3.0])
+  np.testing.assert_allclose(
+      losses.ohem_threshold_cross_entropy(logits, labels.at[0, 0, 1].set(1), thresh=0.7,
+                                          min_kept=2, class_weights=w),
+      (ce(0.3, 0.6) + 3 * ce(0.5)) / 8, rtol=1e-5)
+  # Two images (the second all ignored): min_kept counts per image (2 x 2 = 4
+  # -> threshold .8) and the divisor is the 16 pixels of the batch.
+  two = (jnp.concatenate([logits, logits]),
+         jnp.concatenate([labels, jnp.full_like(labels, 255)]))
+  np.testing.assert_allclose(
+      losses.ohem_threshold_cross_entropy(*two, thresh=0.7, min_kept=2),
+      ce(0.3, 0.5, 0.6, 0.75) / 16, rtol=1e-5)
+  # Through make_loss: 'ohem' with ohem_thresh > 0 is this form.
+  np.testing.assert_allclose(
+      losses.make_loss('ohem', ohem_thresh=0.7, ohem_min_kept=2)(logits, labels),
+      ce(0.3, 0.5, 0.6) / 8, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name,thresh', [('focal', 0.0), ('lovasz', 0.0), ('ohem', 0.0),
+                                         ('ohem', 0.7)])
+def test_new_losses_have_finite_gradients_and_none_at_ignored_pixels(name, thresh):
   """Ties (equal logits), confident pixels (p_t = 1 in float32, gamma < 1) and
   an all-ignored image: the gradient is finite and 0 at every ignored pixel."""
   rng = np.random.default_rng(9)
@@ -287,7 +329,8 @@ def test_new_losses_have_finite_gradients_and_none_at_ignored_pixels(name):
   labels[0, 1] = 0
   labels[0, 2, :2] = 255
   labels[1] = 255
-  fn = losses.make_loss(name, focal_gamma=0.5, lovasz_per_image=True, ohem_top_k=0.5)
+  fn = losses.make_loss(name, focal_gamma=0.5, lovasz_per_image=True, ohem_top_k=0.5,
+                        ohem_thresh=thresh, ohem_min_kept=4)
   loss, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(logits), jnp.asarray(labels))
   grad = np.asarray(grad)
   assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))

@@ -265,30 +265,23 @@ def test_frozen_encoder_keeps_encoder_bits_and_head_matches_oracle(setup, batch)
   assert not trees_equal(got1.params['aspp'], s0.params['aspp'])
 
 
-def test_lr_multipliers_scale_the_backbone_and_head_steps(setup, batch):
-  """optimizer.backbone_lr_mult / head_lr_mult through the real step: the
-  backbone moves as the oracle's SGD step at 0.1 lr, the rest at 2 lr."""
+
+def test_lr_multipliers_and_loss_terms_through_the_step(setup, batch):
+  """optimizer.backbone_lr_mult / head_lr_mult and loss.terms through the real
+  step (one compiled program for both, to keep the suite short). The oracle's
+  loss is its own CE plus half the Lovasz-softmax (tested by hand in
+  test_losses.py) on the main head and, times aux_weight, on the auxiliary
+  head; its SGD step moves the backbone at 0.1 lr and the rest at 2 lr."""
   s0 = setup.state0
-  mult = Setup(oracle_config(**{'optimizer.backbone_lr_mult': 0.1,
-                                'optimizer.head_lr_mult': 2.0}), s0.params, s0.batch_stats)
-  (got,) = mult.run(batch, 1)
-  key0 = jax.random.fold_in(mult.rng, 0)
-  slow, _ = jax.device_get(mult.oracle(s0.params, s0.batch_stats, batch, key0, 0.1 * LR))
-  fast, _ = jax.device_get(mult.oracle(s0.params, s0.batch_stats, batch, key0, 2.0 * LR))
+  both = Setup(oracle_config(**{'optimizer.backbone_lr_mult': 0.1,
+                                'optimizer.head_lr_mult': 2.0,
+                                'loss.terms': 'ce:1.0,lovasz:0.5'}), s0.params, s0.batch_stats)
+  (got,) = both.run(batch, 1)
+  oracle = make_oracle(both.model, both.config,
+                       lambda l, y: oracle_ce(l, y) + 0.5 * losses.lovasz_softmax(l, y))
+  key0 = jax.random.fold_in(both.rng, 0)
+  slow, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, 0.1 * LR))
+  fast, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, 2.0 * LR))
   for name in s0.params:
     assert_updates_close(got.params[name], (slow if name == 'backbone' else fast)[name],
                          s0.params[name])
-
-
-def test_loss_terms_reach_both_heads(setup, batch):
-  """loss.terms='ce:1.0,lovasz:0.5' through the real step: the oracle's loss is
-  its own CE plus half the Lovasz-softmax (tested by hand in test_losses.py),
-  on the main and, times aux_weight, on the auxiliary head."""
-  s0 = setup.state0
-  terms = Setup(oracle_config(**{'loss.terms': 'ce:1.0,lovasz:0.5'}), s0.params, s0.batch_stats)
-  (got,) = terms.run(batch, 1)
-  oracle = make_oracle(terms.model, terms.config,
-                       lambda l, y: oracle_ce(l, y) + 0.5 * losses.lovasz_softmax(l, y))
-  key0 = jax.random.fold_in(terms.rng, 0)
-  p1, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, LR))
-  assert_updates_close(got.params, p1, s0.params)

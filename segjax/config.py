@@ -15,6 +15,7 @@ import ml_collections
 
 from segjax import control
 from segjax import crf as crf_lib
+from segjax import losses as losses_lib
 from segjax.data import labels as labels_lib
 
 # Keys whose value is model-specific: any keyword the model class accepts.
@@ -122,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.hue = 0.0
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = 'ce'          # ce | dice_ce | dice | fbeta_ce
+  c.loss.name = 'ce'          # ce | dice_ce | dice | fbeta_ce | focal | lovasz | ohem
   # fbeta_ce: CE + (1 - soft F-beta score, the mean over all classes), the
   # DeepLab write-up's Dice+CE (beta 1 = Dice); smooth is added to both sides.
   c.loss.fbeta_beta = 1.0
@@ -133,6 +134,24 @@ def base_config() -> ml_collections.ConfigDict:
   # Weight of the auxiliary head's loss for models that have one (model
   # kwargs aux_head=True); 0.4 as in PSPNet / mmsegmentation.
   c.loss.aux_weight = 0.4
+  # focal: -alpha (1 - p_t)^gamma log p_t, the (class-weighted) mean over valid
+  # pixels; lovasz: Lovasz-softmax over the batch (or each image), classes
+  # 'present' in the ground truth or 'all'; ohem: the CE of the top_k fraction
+  # of each image's pixels with the largest loss (DeepLab2's
+  # top_k_percent_pixels). docs/losses.md has the formulas.
+  c.loss.focal_gamma = 2.0
+  c.loss.focal_alpha = 1.0
+  c.loss.lovasz_per_image = False
+  c.loss.lovasz_classes = 'present'
+  c.loss.ohem_top_k = 0.2
+  # ohem_thresh > 0: mmsegmentation's OHEMPixelSampler instead (the pixels whose
+  # true-class probability is under max(thresh, the batch's min_kept-per-image-th
+  # smallest)), e.g. 0.7 and 100000.
+  c.loss.ohem_thresh = 0.0
+  c.loss.ohem_min_kept = 100000
+  # A weighted sum of named losses in place of loss.name, e.g.
+  # 'ce:1.0,lovasz:0.5'; names: ce dice fbeta focal lovasz ohem ('' = off).
+  c.loss.terms = ''
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'  # adam | adamw | sgd | rmsprop
@@ -148,6 +167,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.rho = 0.9
   c.optimizer.eps_in_sqrt = False
   c.optimizer.grad_clip_norm = 0.0  # 0 = off.
+  # Weight decay on every parameter (mmsegmentation's SGD default) instead of
+  # kernels only (no decay on biases and normalisation scales/offsets).
+  c.optimizer.decay_norms_and_biases = False
+  # Learning-rate multipliers of params['backbone'] and of every other
+  # parameter (the head), on top of the schedule; e.g. 0.1 and 1.0 to
+  # fine-tune a pretrained encoder slowly.
+  c.optimizer.backbone_lr_mult = 1.0
+  c.optimizer.head_lr_mult = 1.0
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.name = 'poly'    # constant | poly | cosine | step
@@ -240,7 +267,8 @@ _CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
     'data.name': ('synthetic', 'folder', 'tfds'),
     'data.mask_format': ('index', 'palette'),
-    'loss.name': ('ce', 'dice_ce', 'dice', 'fbeta_ce'),
+    'loss.name': ('ce', 'dice_ce', 'dice', 'fbeta_ce', 'focal', 'lovasz', 'ohem'),
+    'loss.lovasz_classes': ('present', 'all'),
     'data.input_channels': ('rgb', 'bgr_lab'),
     'eval.mode': ('whole', 'slide'),
     'optimizer.name': ('adam', 'adamw', 'sgd', 'rmsprop'),
@@ -412,6 +440,27 @@ def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
   if not given['loss.fbeta_beta'] > 0 or given['loss.fbeta_smooth'] < 0:
     raise ConfigError("config keys 'loss.fbeta_beta' must be > 0 and 'loss.fbeta_smooth' "
                       f">= 0, got {given['loss.fbeta_beta']!r}, {given['loss.fbeta_smooth']!r}")
+  if given['loss.terms']:
+    try:
+      losses_lib.parse_terms(given['loss.terms'])
+    except ValueError as e:
+      raise ConfigError(f'config key {e}') from None
+    if given['loss.name'] != 'ce':
+      raise ConfigError(f"config keys 'loss.name' = {given['loss.name']!r}, 'loss.terms' = "
+                        f"{given['loss.terms']!r}: set one of them (terms replaces name)")
+  if given['loss.focal_gamma'] < 0 or not given['loss.focal_alpha'] > 0:
+    raise ConfigError("config keys 'loss.focal_gamma' must be >= 0 and 'loss.focal_alpha' > 0, "
+                      f"got {given['loss.focal_gamma']!r}, {given['loss.focal_alpha']!r}")
+  if not 0.0 < given['loss.ohem_top_k'] <= 1.0:
+    raise ConfigError("config key 'loss.ohem_top_k' must be in (0, 1] (a fraction of each "
+                      f"image's pixels), got {given['loss.ohem_top_k']!r}")
+  if not 0.0 <= given['loss.ohem_thresh'] < 1.0 or given['loss.ohem_min_kept'] < 1:
+    raise ConfigError("config keys 'loss.ohem_thresh' must be in [0, 1) (0 = top-k OHEM) and "
+                      f"'loss.ohem_min_kept' >= 1, got {given['loss.ohem_thresh']!r}, "
+                      f"{given['loss.ohem_min_kept']!r}")
+  for key in ('optimizer.backbone_lr_mult', 'optimizer.head_lr_mult'):
+    if given[key] < 0:
+      raise ConfigError(f"config key '{key}' must be >= 0, got {given[key]!r}")
   for block in ('early_stopping', 'reduce_on_plateau'):
     metric = given[f'{block}.metric']
     if metric:

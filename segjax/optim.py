@@ -58,24 +58,38 @@ def frozen_labels(params, frozen_prefixes: tuple[str, ...]):
           for k, v in params.items()}
 
 
+def backbone_labels(params):
+  """'backbone' for params under params['backbone'], else 'head'; a ValueError
+  naming the top-level keys if the model has no backbone."""
+  if 'backbone' not in params:
+    raise ValueError("optimizer.backbone_lr_mult / head_lr_mult need params['backbone'] but "
+                     f'the model has only {sorted(params)}')
+  return {k: jax.tree.map(lambda _: 'backbone' if k == 'backbone' else 'head', v)
+          for k, v in params.items()}
+
+
 def make_optimizer(config, params=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(tx, schedule) for the whole config. Freezes params['backbone'] if asked."""
+  """(tx, schedule) for the whole config. Freezes params['backbone'] if asked,
+  scales the backbone's and the head's updates by their lr multipliers, and
+  decays kernels only unless optimizer.decay_norms_and_biases."""
   o = config.optimizer
   schedule = make_schedule(config.schedule, float(o.lr), int(config.total_steps))
   wd = float(o.weight_decay)
+  # Which leaves weight decay reaches: kernels only, or everything (None).
+  mask = None if o.get('decay_norms_and_biases', False) else decay_mask
   if o.name == 'adam':
     tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
     if wd:  # L2 penalty added to the gradient, as torch.optim.Adam(weight_decay=...).
-      tx = optax.chain(optax.add_decayed_weights(wd, decay_mask), tx)
+      tx = optax.chain(optax.add_decayed_weights(wd, mask), tx)
   elif o.name == 'adamw':
-    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=decay_mask)
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
   elif o.name == 'sgd':
-    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
+    tx = optax.chain(optax.add_decayed_weights(wd, mask) if wd else optax.identity(),
                      optax.sgd(schedule, momentum=o.momentum or None, nesterov=o.nesterov))
   elif o.name == 'rmsprop':
     # Keras' RMSprop: zero-initialised accumulator, no bias correction; eps
     # outside the square root as Keras 2 (eps_in_sqrt=False) or inside as Keras 3.
-    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask) if wd else optax.identity(),
+    tx = optax.chain(optax.add_decayed_weights(wd, mask) if wd else optax.identity(),
                      optax.rmsprop(schedule, decay=float(o.rho), eps=float(o.eps),
                                    eps_in_sqrt=bool(o.eps_in_sqrt),
                                    momentum=o.momentum or None))
@@ -83,6 +97,15 @@ def make_optimizer(config, params=None) -> tuple[optax.GradientTransformation, o
     raise ValueError(f'optimizer.name={o.name!r} is not one of adam, adamw, sgd, rmsprop')
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), tx)
+  # Per-group learning rates: the updates of each group scaled by its
+  # multiplier, on top of the schedule (torch param groups with lr * mult:
+  # momentum, Adam moments and decoupled decay all scale with the group lr).
+  mults = float(o.get('backbone_lr_mult', 1.0)), float(o.get('head_lr_mult', 1.0))
+  if mults != (1.0, 1.0):
+    if params is not None:
+      backbone_labels(params)  # Fails now, naming the keys, rather than at init.
+    tx = optax.chain(tx, optax.multi_transform(
+        {'backbone': optax.scale(mults[0]), 'head': optax.scale(mults[1])}, backbone_labels))
   if config.model.freeze_encoder:
     if params is not None and 'backbone' not in params:
       raise ValueError(f"model.freeze_encoder=True but model {config.model.name!r} has no "

@@ -95,11 +95,7 @@ class Preempted(Exception):
 
 def make_train_step(config, model, tx, schedule) -> Callable:
   """Pure step(state, batch, rng) -> (state, metrics). Not jitted here."""
-  loss_fn = losses.make_loss(config.loss.name, class_weights=tuple(config.loss.class_weights),
-                             dice_weight=float(config.loss.dice_weight),
-                             label_smoothing=float(config.loss.label_smoothing),
-                             fbeta_beta=float(config.loss.fbeta_beta),
-                             fbeta_smooth=float(config.loss.fbeta_smooth))
+  loss_fn = losses.from_config(config.loss)
   num_classes = int(config.data.num_classes)
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   aux_weight = float(config.loss.aux_weight)

@@ -284,3 +284,27 @@ def test_command_line_typo_is_rejected():
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert 'optimiser' in out.stderr
+
+
+@pytest.mark.parametrize('values,message', [
+    (dict(loss__terms='ce:1,lovas:0.5'),
+     "config key loss.terms='ce:1,lovas:0.5': 'lovas' is not one of ce, dice, fbeta, focal, "
+     'lovasz, ohem'),
+    (dict(loss__terms='ce:1,focal'), "the weight of 'focal' must be a number >= 0"),
+    (dict(loss__name='dice', loss__terms='ce:1'),
+     "config keys 'loss.name' = 'dice', 'loss.terms' = 'ce:1': set one of them"),
+    (dict(loss__ohem_top_k=0.0), "config key 'loss.ohem_top_k' must be in (0, 1]"),
+    (dict(loss__focal_gamma=-1.0), "'loss.focal_gamma' must be >= 0"),
+    (dict(loss__ohem_thresh=1.0), "'loss.ohem_thresh' must be in [0, 1) (0 = top-k OHEM)"),
+    (dict(loss__lovasz_classes='some'), "config key 'loss.lovasz_classes' = 'some' is not one"),
+    (dict(optimizer__backbone_lr_mult=-0.1),
+     "config key 'optimizer.backbone_lr_mult' must be >= 0, got -0.1"),
+])
+def test_loss_and_optimizer_options_are_checked_in_one_line(values, message):
+  c = _config(**values)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c)
+  assert message in str(e.value) and '\n' not in str(e.value)
+  ok = _config(loss__terms='ce:1.0,lovasz:0.5', loss__lovasz_classes='all',
+               optimizer__backbone_lr_mult=0.1, optimizer__decay_norms_and_biases=True)
+  config_lib.validate(ok)

@@ -89,13 +89,16 @@ def test_grad_clipping():
   np.testing.assert_allclose(u['w'], [[-0.6], [-0.8]], rtol=1e-6)
 
 
+@pytest.mark.parametrize('decay_all', [False, True])
 @pytest.mark.parametrize('name', ['sgd', 'adam', 'adamw', 'rmsprop'])
-def test_first_step_by_hand_decays_kernels_only(name):
+def test_first_step_by_hand_decays_kernels_only(name, decay_all):
   """One step of each optimizer from hand formulas (torch semantics): weight
-  decay reaches the kernel (ndim 2) but not the bias nor the BatchNorm scale."""
+  decay reaches the kernel (ndim 2) but not the bias nor the BatchNorm scale;
+  with optimizer.decay_norms_and_biases (mmsegmentation's SGD) every leaf."""
   c = _config(name='constant')
   lr, wd, b1, b2, eps, mom = 0.1, 0.05, 0.9, 0.99, 1e-8, 0.9
-  c.optimizer.update(name=name, lr=lr, weight_decay=wd, b1=b1, b2=b2, eps=eps, momentum=mom)
+  c.optimizer.update(name=name, lr=lr, weight_decay=wd, b1=b1, b2=b2, eps=eps, momentum=mom,
+                     decay_norms_and_biases=decay_all)
   tx, _ = optim.make_optimizer(c)
   p = {'conv': {'kernel': np.array([[1.0, -2.0], [0.5, 3.0]], np.float32),
                 'bias': np.array([0.5, -1.5], np.float32)},
@@ -107,7 +110,7 @@ def test_first_step_by_hand_decays_kernels_only(name):
   updates, _ = tx.update(grads, tx.init(params), params)
   p64 = jax.tree.map(lambda x: x.astype(np.float64), p)
   g64 = jax.tree.map(lambda x: x.astype(np.float64), g)
-  decayed = {'conv': {'kernel': True, 'bias': False}, 'bn': {'scale': False}}
+  decayed = {'conv': {'kernel': True, 'bias': decay_all}, 'bn': {'scale': decay_all}}
 
   def want(path):
     pp, gg, d = p64, g64, decayed
@@ -128,3 +131,75 @@ def test_first_step_by_hand_decays_kernels_only(name):
   for path in (('conv', 'kernel'), ('conv', 'bias'), ('bn', 'scale')):
     got = updates[path[0]][path[1]]
     np.testing.assert_allclose(got, want(path), rtol=2e-6, atol=1e-7, err_msg=str(path))
+
+
+@pytest.mark.parametrize('power,end_factor', [(0.9, 0.0), (2.0, 0.1), (0.5, 0.25)])
+def test_poly_power_and_end_lr_from_the_config(power, end_factor):
+  """schedule.power and end_lr_factor reach the optimizer: the SGD step at step
+  t is -lr_t g with lr_t = (lr - end) (1 - t / T)^power + end (mmseg's PolyLR)."""
+  c = _config(name='poly', power=power, end_lr_factor=end_factor)
+  c.optimizer.update(name='sgd', lr=0.1, momentum=0.0, weight_decay=0.0)
+  tx, schedule = optim.make_optimizer(c)
+  params, g = {'w': jnp.zeros((1, 1))}, {'w': jnp.ones((1, 1))}
+  state = tx.init(params)
+  end = 0.1 * end_factor
+  got = {}
+  for t in range(100):
+    u, state = tx.update(g, state, params)
+    got[t] = -float(u['w'][0, 0])
+  for t in (0, 1, 37, 50, 99):
+    want = (0.1 - end) * (1 - t / 100) ** power + end
+    np.testing.assert_allclose(got[t], want, rtol=1e-5, err_msg=f'step {t}')
+    np.testing.assert_allclose(schedule(t), want, rtol=1e-5)
+  np.testing.assert_allclose(schedule(100), end, rtol=1e-5, atol=1e-9)
+
+
+def _two_group_params():
+  return ({'backbone': {'conv': {'kernel': jnp.array([[1.0, -2.0]]), 'bias': jnp.array([0.5])}},
+           'head': {'kernel': jnp.array([[3.0], [-1.0]]), 'bias': jnp.array([0.25])}},
+          {'backbone': {'conv': {'kernel': jnp.array([[0.1, 0.2]]), 'bias': jnp.array([1.0])}},
+           'head': {'kernel': jnp.array([[-0.5], [0.3]]), 'bias': jnp.array([2.0])}})
+
+
+def test_backbone_and_head_lr_mults_by_hand():
+  """SGD with momentum 0.9 and weight decay 0.01 (kernels) on a poly schedule,
+  three steps: the backbone moves by lr_t * backbone_mult * buf_t, the head by
+  lr_t * head_mult * buf_t, buf_t = 0.9 buf_(t-1) + g + wd * p (torch's SGD
+  with one param group per lr)."""
+  c = _config(name='poly', power=2.0, end_lr_factor=0.0)
+  c.optimizer.update(name='sgd', lr=0.1, momentum=0.9, weight_decay=0.01,
+                     backbone_lr_mult=0.1, head_lr_mult=2.0)
+  params, grads = _two_group_params()
+  tx, _ = optim.make_optimizer(c, params)
+  state = tx.init(params)
+  mult = {'backbone': 0.1, 'head': 2.0}
+  buf = jax.tree.map(lambda p: np.zeros(p.shape), params)
+  for t in range(3):
+    updates, state = tx.update(grads, state, params)  # Params held fixed: wd * p constant.
+    lr_t = 0.1 * (1 - t / 100) ** 2
+    for group, path in (('backbone', ('conv', 'kernel')), ('backbone', ('conv', 'bias')),
+                        ('head', ('kernel',)), ('head', ('bias',))):
+      p, g, b, u = params[group], grads[group], buf[group], updates[group]
+      for k in path[:-1]:
+        p, g, b, u = p[k], g[k], b[k], u[k]
+      leaf = path[-1]
+      wd = 0.01 * np.asarray(p[leaf]) if leaf == 'kernel' else 0.0
+      b[leaf] = 0.9 * b[leaf] + np.asarray(g[leaf]) + wd
+      np.testing.assert_allclose(u[leaf], -lr_t * mult[group] * b[leaf], rtol=1e-5,
+                                 err_msg=f'step {t} {group} {path}')
+
+
+def test_lr_mults_compose_with_freeze_encoder_and_need_a_backbone():
+  c = _config(name='constant')
+  c.optimizer.update(name='adam', lr=0.1, weight_decay=0.0, backbone_lr_mult=0.1,
+                     head_lr_mult=0.5)
+  c.model.freeze_encoder = True
+  params, grads = _two_group_params()
+  tx, _ = optim.make_optimizer(c, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates['backbone']))
+  # Adam's first step is lr * sign(g) (|g| >> eps), times the head's multiplier.
+  np.testing.assert_allclose(updates['head']['kernel'], [[0.05], [-0.05]], rtol=1e-5)
+  c.model.freeze_encoder = False
+  with pytest.raises(ValueError, match="params\\['backbone'\\].*only \\['head'\\]"):
+    optim.make_optimizer(c, {'head': params['head']})

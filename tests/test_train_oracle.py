@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from segjax import config as config_lib
+from segjax import losses
 from segjax import optim
 from segjax import sharding
 from segjax import train
@@ -85,7 +86,7 @@ def oracle_ce(logits, labels):
   return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.sum(valid)
 
 
-def make_oracle(model, config):
+def make_oracle(model, config, loss_fn=oracle_ce):
   mean = np.asarray(config.data.mean, np.float32).reshape(1, 1, 1, 3)
   std = np.asarray(config.data.std, np.float32).reshape(1, 1, 1, 3)
 
@@ -96,7 +97,7 @@ def make_oracle(model, config):
     def total_loss(p):
       out, new_vars = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
                                   mutable=['batch_stats'], rngs={'dropout': dropout_key})
-      loss = oracle_ce(out['logits'], batch['label']) + AUX_WEIGHT * oracle_ce(
+      loss = loss_fn(out['logits'], batch['label']) + AUX_WEIGHT * loss_fn(
           out['aux'], batch['label'])
       return loss, new_vars['batch_stats']
 
@@ -262,3 +263,25 @@ def test_frozen_encoder_keeps_encoder_bits_and_head_matches_oracle(setup, batch)
   assert_updates_close(got2.params, p2, got1.params)
   assert_tree_close(got2.batch_stats, bs2, rtol=1e-5)
   assert not trees_equal(got1.params['aspp'], s0.params['aspp'])
+
+
+
+def test_lr_multipliers_and_loss_terms_through_the_step(setup, batch):
+  """optimizer.backbone_lr_mult / head_lr_mult and loss.terms through the real
+  step (one compiled program for both, to keep the suite short). The oracle's
+  loss is its own CE plus half the Lovasz-softmax (tested by hand in
+  test_losses.py) on the main head and, times aux_weight, on the auxiliary
+  head; its SGD step moves the backbone at 0.1 lr and the rest at 2 lr."""
+  s0 = setup.state0
+  both = Setup(oracle_config(**{'optimizer.backbone_lr_mult': 0.1,
+                                'optimizer.head_lr_mult': 2.0,
+                                'loss.terms': 'ce:1.0,lovasz:0.5'}), s0.params, s0.batch_stats)
+  (got,) = both.run(batch, 1)
+  oracle = make_oracle(both.model, both.config,
+                       lambda l, y: oracle_ce(l, y) + 0.5 * losses.lovasz_softmax(l, y))
+  key0 = jax.random.fold_in(both.rng, 0)
+  slow, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, 0.1 * LR))
+  fast, _ = jax.device_get(oracle(s0.params, s0.batch_stats, batch, key0, 2.0 * LR))
+  for name in s0.params:
+    assert_updates_close(got.params[name], (slow if name == 'backbone' else fast)[name],
+                         s0.params[name])

@@ -354,8 +354,9 @@ def test_dlcv_layout_decodes_colours_and_ignores_unknown(tmp_path):
 def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_path):
   """The satellite recipe (crops, flips, rotation from the set, StepLR, keep
   the three lowest-val-loss checkpoints) on a generated dataset in the DLCV
-  layout, with a tiny model; the ensemble averages exactly the three steps
-  whose eval JSONs report the lowest val loss."""
+  layout, with the recipe's own VGG16-FCN32s at 32x32 crops; the ensemble
+  averages exactly the three steps whose eval JSONs report the lowest val
+  loss."""
   root = str(tmp_path / 'p2_data')
   dlcv.write_generated(root, 'train', 8, size=40)
   dlcv.write_generated(root, 'validation', 2, size=32)
@@ -364,9 +365,7 @@ def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_pat
   assert c.checkpoint.keep_best == 3 and c.augment.rotate_prob == 0.5
   c.data.root = root
   c.data.crop_size = (32, 32)
-  # A small, quick-to-compile model in place of VGG16-FCN32s.
-  c.model.name, c.model.backbone, c.model.output_stride = 'dsrfcn', 'dsrfcn', 32
-  c.model.width_multiplier = 0.25
+  assert (c.model.name, c.model.backbone) == ('fcn32s_sat', 'vgg16')
   c.eval.batch_size = 2
   c.eval.num_panel_images = 0
   c.checkpoint.keep = 1
@@ -387,13 +386,13 @@ def test_satellite_recipe_trains_on_dlcv_layout_and_averages_lowest_loss(tmp_pat
   # The averaged score32 kernel is the mean of the three checkpoints'.
   mesh_abstract = train.abstract_state(c, train.build_model(c), sharding.make_mesh())
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
-  kernels = [np.asarray(ckpt.restore(s, mesh_abstract)[0].params['score32']['kernel'])
+  kernels = [np.asarray(ckpt.restore(s, mesh_abstract)[0].params['classifier']['kernel'])
              for s in lowest]
   ckpt.close()
   avg_ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(out), async_save=False)
   avg_state, _ = avg_ckpt.restore(avg_ckpt.latest_step(), mesh_abstract)
   avg_ckpt.close()
-  np.testing.assert_allclose(np.asarray(avg_state.params['score32']['kernel']),
+  np.testing.assert_allclose(np.asarray(avg_state.params['classifier']['kernel']),
                              np.mean(kernels, axis=0), rtol=1e-6, atol=1e-7)
 
 

@@ -187,7 +187,7 @@ def _scan_folder_pair(source: sources.FolderSource, image_path, mask_path,
     raw = sources.decode_mask(mask, name=str(mask_path), mask_format=source.mask_format,
                               palette=spec.palette, ignore_label=spec.ignore_label,
                               void_color=source.void_color)
-    label = source.mapper(raw, name=str(mask_path))
+    label = source.mapper_for(mask_path)(raw, name=str(mask_path))
   except _ERRORS as e:
     stats.problem(mask_path, e)
     return False

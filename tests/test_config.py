@@ -96,7 +96,7 @@ def test_arguments_are_typed_and_checked():
   with pytest.raises(ValueError, match="'datset'"):
     common.parse_arg('datset=camvid', dataset='synthetic')
   with pytest.raises(ValueError, match='unknown dataset'):
-    load('deeplabv3plus.py', 'dataset=cityscapes')
+    load('deeplabv3plus.py', 'dataset=mapillary')
 
 
 def test_unknown_key_is_named_with_suggestion():

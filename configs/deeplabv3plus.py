@@ -3,7 +3,10 @@ Pets or your own folder of images and masks.
 
 Arguments (after ':' in --config, comma-separated):
   runlocal          shrink the run for a 2-core CPU (minutes, not hours)
-  dataset=NAME      synthetic (default, offline) | camvid | isbi | pets | folder
+  dataset=NAME      synthetic (default, offline) | camvid | isbi | pets | folder |
+                    cityscapes | ade20k | voc | voc_aug | pascal_context | coco_stuff
+                    (the benchmarks: docs/benchmarks.md; their published recipes
+                    are configs/benchmarks_deeplabv3plus.py)
   backbone=NAME     mobilenetv2 (default) | xception65
   output_stride=N   16 or 8 (default 16; with dataset=camvid, configs/camvid.py's)
 

@@ -82,6 +82,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mask_format = 'index'  # index (pixel = raw label) | palette (RGB colours)
   c.data.void_color = ()      # palette masks: this RGB colour -> ignore_label.
   c.data.label_map = ''       # 'raw:label,...', e.g. '11:255' or '0:0,255:1'.
+  # Folder layouts of the benchmarks (segjax/data/benchmarks.py): images in
+  # sub-folders of image_dir (Cityscapes' cities), and a second mask encoding
+  # preferred when its file exists, read with its own label map (Cityscapes'
+  # '_gtFine_labelTrainIds.png' beside '_gtFine_labelIds.png').
+  c.data.recursive = False
+  c.data.alt_mask_suffix = ''
+  c.data.alt_label_map = ''
   # Label spec.
   c.data.num_classes = 4
   c.data.ignore_label = 255
@@ -392,6 +399,11 @@ def validate(config: ml_collections.ConfigDict, *, devices: int | None = None,
   try:
     spec = labels_lib.spec_from_config(config.data)
     labels_lib.LabelMapper(spec, config.data.label_map)
+    if config.data.alt_mask_suffix:
+      try:
+        labels_lib.LabelMapper(spec, config.data.alt_label_map)
+      except ValueError as e:
+        raise ValueError(str(e).replace('data.label_map', 'data.alt_label_map')) from None
   except ValueError as e:
     hint = ''
     if 'has' in str(e) and 'num_classes' in str(e):  # A names/palette length mismatch.

@@ -21,7 +21,9 @@ CONFIG_ARGS = {
         '', 'runlocal', 'dataset=camvid', 'dataset=camvid,runlocal', 'dataset=isbi',
         'dataset=isbi,runlocal', 'dataset=pets', 'backbone=xception65',
         'backbone=xception65,output_stride=8', 'output_stride=8,runlocal', 'dataset=folder',
-        'dataset=folder,runlocal', 'dataset=synthetic'],
+        'dataset=folder,runlocal', 'dataset=synthetic', 'dataset=cityscapes',
+        'dataset=ade20k,runlocal', 'dataset=voc', 'dataset=voc_aug', 'dataset=pascal_context',
+        'dataset=coco_stuff,runlocal'],
     'unet_mobilenetv2.py': [
         '', 'runlocal', 'freeze_encoder', 'dataset=camvid', 'dataset=isbi,runlocal',
         'dataset=synthetic', 'runlocal,freeze_encoder', 'dataset=folder'],
@@ -47,6 +49,9 @@ CONFIG_ARGS = {
     'satellite_fcn32s.py': ['', 'steps=100', 'train_images=16,crops_per_image=1',
                             'variant=16s', 'variant=8s,steps=50'],
     'satellite_deeplabv3_r101.py': ['', 'steps=100', 'train_images=16,crops_per_image=1'],
+    'benchmarks_deeplabv3plus.py': [
+        '', 'runlocal', 'backbone=resnet101,iters=40k', 'dataset=ade20k,iters=160k',
+        'dataset=voc_aug,iters=20k,tta', 'dataset=voc_aug,runlocal'],
 }
 # Files whose docstring documents their arguments by pointing at another file.
 ARGS_DOCUMENTED_IN = {'satellite_deeplabv3_r101.py': 'satellite_fcn32s.py'}
@@ -96,7 +101,7 @@ def test_arguments_are_typed_and_checked():
   with pytest.raises(ValueError, match="'datset'"):
     common.parse_arg('datset=camvid', dataset='synthetic')
   with pytest.raises(ValueError, match='unknown dataset'):
-    load('deeplabv3plus.py', 'dataset=cityscapes')
+    load('deeplabv3plus.py', 'dataset=mapillary')
 
 
 def test_unknown_key_is_named_with_suggestion():

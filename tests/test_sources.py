@@ -261,8 +261,12 @@ def test_list_file_rejects_absolute_and_escaping_paths(tmp_path):
   (root / 'train.txt').write_text('train/img0.png trainannot/nope.png\n')
   with pytest.raises(ValueError, match=r'train\.txt:1: file .*nope\.png.* does not exist'):
     sources.make_source(d, 'train')
-  (root / 'train.txt').write_text('train/img0.png\n')
+  (root / 'train.txt').write_text('train/img0.png trainannot/img0.png x\n')
   with pytest.raises(ValueError, match=r'train\.txt:1: expected'):
+    sources.make_source(d, 'train')
+  # One field is an image id under data.image_dir (Pascal VOC's lists); '..' is refused.
+  (root / 'train.txt').write_text('../train/img0\n')
+  with pytest.raises(ValueError, match=r"train\.txt:1: expected one image id.*contains '\.\.'"):
     sources.make_source(d, 'train')
 
 

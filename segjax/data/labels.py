@@ -104,7 +104,10 @@ class LabelMapper:
 
   With an empty mapping raw values are used as they are. With a mapping, only
   listed raw values are remapped; unlisted values pass through and must
-  themselves be valid labels. Either way the result is checked.
+  themselves be valid labels. A raw value mapped to -1 ('11:-1') is declared
+  invalid: a mask holding it is an error like any other bad value (COCO-Stuff's
+  unused ids, which would otherwise pass through as classes). Either way the
+  result is checked.
   """
 
   def __init__(self, spec: LabelSpec, label_map: dict[int, int] | str = ''):
@@ -112,10 +115,11 @@ class LabelMapper:
     if isinstance(label_map, str):
       label_map = parse_label_map(label_map)
     for src, dst in label_map.items():
-      if not (0 <= dst < spec.num_classes or dst == spec.ignore_label):
+      if not (0 <= dst < spec.num_classes or dst == spec.ignore_label or dst == -1):
         raise ValueError(
             f'data.label_map maps {src} -> {dst}, which is neither a class in '
-            f'[0, {spec.num_classes}) nor ignore_label={spec.ignore_label}')
+            f'[0, {spec.num_classes}) nor ignore_label={spec.ignore_label} (nor -1, '
+            'an invalid raw value)')
     self.label_map = dict(label_map)
     self._lut = None
     if self.label_map:
@@ -137,12 +141,13 @@ class LabelMapper:
     if raw.size and (raw.min() < 0 or raw.max() > 65535):
       raise ValueError(f'{name}: mask values outside [0, 65535]')
     labels = self._lut[raw.astype(np.int64)] if self._lut is not None else raw.astype(np.int32)
-    ok = (labels < self.spec.num_classes) | (labels == self.spec.ignore_label)
+    ok = ((labels >= 0) & (labels < self.spec.num_classes)) | (labels == self.spec.ignore_label)
     if not ok.all():
       bad = np.unique(labels[~ok])
       raw_bad = np.unique(raw[~ok])
+      invalid = ' (-1: a value data.label_map declares invalid)' if (bad == -1).any() else ''
       raise ValueError(
-          f'{name}: mask values {raw_bad[:10].tolist()} (mapped to {bad[:10].tolist()}) '
+          f'{name}: mask values {raw_bad[:10].tolist()} (mapped to {bad[:10].tolist()}{invalid}) '
           f'are outside [0, {self.spec.num_classes}) and are not ignore_label='
           f'{self.spec.ignore_label}; fix the mask or set data.label_map '
           "(e.g. '11:255' to ignore value 11)")

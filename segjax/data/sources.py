@@ -138,7 +138,11 @@ def make_source(data_config, split: str, *, problems: list | None = None):
         list_file=data_config.list_file,
         image_suffixes=tuple(data_config.image_suffixes),
         mask_suffix=data_config.mask_suffix, mask_format=data_config.mask_format,
-        void_color=tuple(data_config.void_color), problems=problems)
+        void_color=tuple(data_config.void_color), recursive=bool(data_config.recursive),
+        alt_mask_suffix=data_config.alt_mask_suffix,
+        alt_mapper=(labels_lib.LabelMapper(spec, data_config.alt_label_map)
+                    if data_config.alt_mask_suffix else None),
+        problems=problems)
   if name == 'tfds':
     from segjax.data import tfds_source  # pylint: disable=g-import-not-at-top
     return tfds_source.make_tfds_source(data_config, split, mapper)
@@ -214,12 +218,26 @@ class FolderSource:
   """Image/mask pairs from folders or a list file, decoded lazily.
 
   Layout (templates take '{split}', the split name without its slice):
-    * image_dir / mask_dir: folders under root; images are matched to masks by
-      file stem (mask_suffix '' = same stem with any of .png/.bmp/.tif/.tiff,
-      else stem + mask_suffix, e.g. '_mask.png').
+    * image_dir / mask_dir: folders under root; images are the files whose
+      name ends with one of image_suffixes ('.jpg', or a longer ending such as
+      Cityscapes' '_leftImg8bit.png'); the stem is the name without that
+      ending. Each image is matched to the mask stem + mask_suffix ('' = the
+      same stem with any of .png/.bmp/.tif/.tiff; else e.g. '_mask.png',
+      '_gtFine_labelIds.png'). With `recursive`, images are also found in
+      sub-folders of image_dir (Cityscapes' city folders) and each mask is
+      looked for in the same sub-folder of mask_dir.
+    * mask_dir may name several folders separated by '|', tried in order for
+      each image (Pascal VOC + SBD: 'SegmentationClass|SegmentationClassAug').
+    * alt_mask_suffix (with alt_mapper): a second encoding of the same mask,
+      preferred when its file exists (Cityscapes' '_gtFine_labelTrainIds.png'
+      beside '_gtFine_labelIds.png'); it is read with alt_mapper instead of
+      mapper. `mapper_for(mask_path)` says which mapper a mask is read with.
     * list_file (takes precedence when set): a file under root with
-      '<image> <mask>' per line, paths relative to root; blank lines and lines
-      starting with '#' are skipped.
+      '<image> <mask>' per line, paths relative to root, or one image id per
+      line (Pascal VOC's ImageSets/Segmentation/train.txt): the image is
+      image_dir/<id><suffix> for the first of image_suffixes that exists and
+      the mask is found from it as in the folder layout. Blank lines and
+      lines starting with '#' are skipped.
   Pairs are naturally sorted by image path before the split slice applies.
 
   Confinement: every folder, list file and image or mask this source opens
@@ -243,8 +261,16 @@ class FolderSource:
                list_file: str = '', image_suffixes=('.png', '.jpg', '.jpeg', '.bmp',
                                                     '.tif', '.tiff'),
                mask_suffix: str = '', mask_format: str = 'index', void_color=(),
+               recursive: bool = False, alt_mask_suffix: str = '',
+               alt_mapper: labels_lib.LabelMapper | None = None,
                problems: list | None = None):
     self.split = split
+    self.recursive = recursive
+    if alt_mask_suffix and alt_mapper is None:
+      raise ValueError('FolderSource: alt_mask_suffix needs alt_mapper')
+    self.alt_mask_suffix = alt_mask_suffix
+    self.alt_mapper = alt_mapper
+    self._mask_folders_cache = None
     self._problems = problems
     self.void_color = tuple(void_color) if void_color else None
     self.mapper = mapper
@@ -262,13 +288,14 @@ class FolderSource:
       raise DataError(f'data.root {str(self.root)!r} does not exist or is not a folder')
     self.real_root = os.path.realpath(self.root)
     base, sl = parse_split(split)
+    self._suffixes = tuple(s.lower() for s in image_suffixes)
+    self._mask_suffix = mask_suffix
+    self._image_dir = image_dir.format(split=base)
+    self._mask_dirs = [m.strip() for m in mask_dir.format(split=base).split('|')]
     if list_file:
       pairs, where = self._from_list(list_file.format(split=base))
     else:
-      pairs, where = self._from_folders(image_dir.format(split=base),
-                                        mask_dir.format(split=base),
-                                        tuple(s.lower() for s in image_suffixes),
-                                        mask_suffix)
+      pairs, where = self._from_folders()
     pairs.sort(key=lambda p: natural_key(os.path.relpath(p[0], self.root)))
     if not pairs:
       raise DataError(f'split {split!r}: no image/mask pairs found in {where}')
@@ -289,39 +316,99 @@ class FolderSource:
       raise DataError(f'split {self.split!r}: {what} {str(path)!r} is outside data.root '
                       f'({self.real_root}): it resolves to {outside!r}')
 
-  def _from_folders(self, image_dir, mask_dir, suffixes, mask_suffix):
-    idir, mdir = self.root / image_dir, self.root / mask_dir
-    for d, what in ((idir, 'data.image_dir'), (mdir, 'data.mask_dir')):
-      self._check_inside(d, f'{what} folder')
-      if not d.is_dir():
-        raise DataError(f'split {self.split!r}: {what} folder {str(d)!r} does not exist')
-    same_dir = idir.resolve() == mdir.resolve()
-    pairs = []
-    for f in idir.iterdir():
-      if f.name.startswith('.') or f.suffix.lower() not in suffixes or not f.is_file():
+  def mapper_for(self, mask_path) -> labels_lib.LabelMapper:
+    """The LabelMapper a mask file is read with (alt_mapper for alt_mask_suffix files)."""
+    if self.alt_mask_suffix and str(mask_path).endswith(self.alt_mask_suffix):
+      return self.alt_mapper
+    return self.mapper
+
+  def _stem(self, name: str) -> str | None:
+    """The name without its image ending, or None if it is not an image name."""
+    lower = name.lower()
+    for suffix in self._suffixes:
+      if lower.endswith(suffix) and len(name) > len(suffix):
+        return name[:-len(suffix)]
+    return None
+
+  def _mask_folders(self):
+    """The mask folders (data.mask_dir, '|' alternatives), each checked to be inside."""
+    folders = []
+    for m in self._mask_dirs:
+      d = self.root / m
+      self._check_inside(d, 'data.mask_dir folder')
+      folders.append(d)
+    if not any(d.is_dir() for d in folders):
+      raise DataError(f'split {self.split!r}: data.mask_dir folder '
+                      f'{" or ".join(repr(str(d)) for d in folders)} does not exist')
+    return folders
+
+  def _find_mask(self, image: Path, stem: str, sub: str, mask_folders):
+    """(mask path, None, None) for an image, or (None, path, problem message)."""
+    candidates = []
+    for mdir in mask_folders:
+      folder = mdir / sub if sub else mdir
+      if self.alt_mask_suffix:
+        candidates.append(folder / (stem + self.alt_mask_suffix))
+      if self._mask_suffix:
+        candidates.append(folder / (stem + self._mask_suffix))
+      else:
+        candidates += [folder / (stem + ext) for ext in MASK_EXTENSIONS]
+    candidates = [c for c in candidates if c != image]
+    mask = next((c for c in candidates if c.is_file()), None)
+    if mask is None:
+      return None, image, (f'image {str(image)!r} has no mask: looked for '
+                           f'{[str(c) for c in candidates]}')
+    outside = self._outside(mask)
+    if outside is not None:
+      return None, mask, (f'mask {str(mask)!r} leads outside data.root ({self.real_root}) '
+                          f'to {outside!r}; refused')
+    return mask, None, None
+
+  def _image_files(self, idir: Path):
+    """(path, sub-folder relative to idir) of the files in idir (recursively with
+    `recursive`); sub-folders whose real path leaves data.root are problems."""
+    if not self.recursive:
+      return [(f, '') for f in idir.iterdir()]
+    files, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(idir, followlinks=True):
+      real = os.path.realpath(dirpath)
+      if real in seen or self._outside(dirpath) is not None:
+        if real not in seen:
+          self._problem(dirpath, f'folder {dirpath!r} leads outside data.root '
+                        f'({self.real_root}) to {real!r}; refused')
+        dirnames[:] = []
         continue
-      if same_dir and mask_suffix and f.name.endswith(mask_suffix):
+      seen.add(real)
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+      sub = os.path.relpath(dirpath, idir)
+      files += [(Path(dirpath) / n, '' if sub == '.' else sub) for n in filenames]
+    return files
+
+  def _from_folders(self):
+    idir = self.root / self._image_dir
+    self._check_inside(idir, 'data.image_dir folder')
+    if not idir.is_dir():
+      raise DataError(f'split {self.split!r}: data.image_dir folder {str(idir)!r} does not '
+                      'exist')
+    mask_folders = self._mask_folders()
+    real_mask_dirs = {os.path.realpath(d) for d in mask_folders}
+    same_dir = os.path.realpath(idir) in real_mask_dirs
+    mask_endings = tuple(e for e in (self._mask_suffix, self.alt_mask_suffix) if e)
+    pairs = []
+    for f, sub in self._image_files(idir):
+      stem = self._stem(f.name)
+      if f.name.startswith('.') or stem is None or not f.is_file():
+        continue
+      if same_dir and mask_endings and f.name.endswith(mask_endings):
         continue  # Masks that live next to their images are not images.
       outside = self._outside(f)
       if outside is not None:
         self._problem(f, f'image {str(f)!r} leads outside data.root ({self.real_root}) to '
                       f'{outside!r}; refused')
         continue
-      if mask_suffix:
-        candidates = [mdir / (f.stem + mask_suffix)]
-      else:
-        candidates = [mdir / (f.stem + ext) for ext in MASK_EXTENSIONS]
-        if same_dir:
-          candidates = [c for c in candidates if c != f]
-      mask = next((c for c in candidates if c.is_file()), None)
+      mask, where, message = self._find_mask(f, stem, sub, mask_folders)
       if mask is None:
-        self._problem(f, f'image {str(f)!r} has no mask: looked for '
-                      f'{[str(c) for c in candidates]}')
-        continue
-      outside = self._outside(mask)
-      if outside is not None:
-        self._problem(mask, f'mask {str(mask)!r} leads outside data.root ({self.real_root}) '
-                      f'to {outside!r}; refused')
+        self._problem(where, message)
         continue
       pairs.append((f, mask))
     return pairs, f'folder {str(idir)!r}'
@@ -344,9 +431,14 @@ class FolderSource:
         continue
       parts = line.split()
       where = f'{path}:{lineno}'
+      if len(parts) == 1:  # An image id: JPEGImages/<id>.jpg and its mask.
+        pair = self._pair_from_id(parts[0], where)
+        if pair is not None:
+          pairs.append(pair)
+        continue
       if len(parts) != 2:  # The line itself is not echoed (the file may not be a list).
         self._problem(where, f'{where}: expected "<image> <mask>" (two paths relative to '
-                      f'data.root), got {len(parts)} field{"s" * (len(parts) != 1)}')
+                      f'data.root) or one image id, got {len(parts)} fields')
         continue
       pair = []
       for p in parts:
@@ -367,6 +459,41 @@ class FolderSource:
       if len(pair) == 2:
         pairs.append(tuple(pair))
     return pairs, f'list file {str(path)!r}'
+
+  def _pair_from_id(self, image_id: str, where: str):
+    """(image, mask) for an id line of a list file, or None after recording a problem."""
+    # Named by line number only, as malformed lines: the file may not be a list.
+    if (os.path.isabs(image_id) or image_id.startswith(('/', '\\')) or '..' in
+        Path(image_id).parts or re.match(r'^[A-Za-z]:', image_id)):
+      self._problem(where, f'{where}: expected one image id (a name under data.image_dir '
+                    f'{self._image_dir!r}) or "<image> <mask>"; got a path that is absolute '
+                    "or contains '..'")
+      return None
+    if self._mask_folders_cache is None:
+      idir = self.root / self._image_dir
+      self._check_inside(idir, 'data.image_dir folder')
+      if not idir.is_dir():
+        raise DataError(f'split {self.split!r}: data.image_dir folder {str(idir)!r} does not '
+                        'exist')
+      self._mask_folders_cache = self._mask_folders()
+    idir = self.root / self._image_dir
+    sub, name = os.path.split(image_id)
+    candidates = [idir / (image_id + s) for s in self._suffixes]
+    image = next((c for c in candidates if c.is_file()), None)
+    if image is None:
+      self._problem(where, f'{where}: no image for the id on this line in data.image_dir '
+                    f'{str(idir)!r} (with any of {list(self._suffixes)})')
+      return None
+    outside = self._outside(image)
+    if outside is not None:
+      self._problem(where, f'{where}: image {str(image)!r} leads outside data.root '
+                    f'({self.real_root}) to {outside!r}; refused')
+      return None
+    mask, _, message = self._find_mask(image, name, sub, self._mask_folders_cache)
+    if mask is None:
+      self._problem(where, f'{where}: {message}')
+      return None
+    return image, mask
 
   def _problem(self, path, message: str) -> None:
     """Raises DataError(message), or records (path, message) when collecting."""
@@ -398,6 +525,6 @@ class FolderSource:
     raw = decode_mask(mask, name=str(mask_path), mask_format=self.mask_format,
                       palette=spec.palette, ignore_label=spec.ignore_label,
                       void_color=self.void_color)
-    label = self.mapper(raw, name=str(mask_path))
+    label = self.mapper_for(mask_path)(raw, name=str(mask_path))
     name = os.path.relpath(image_path, self.root)
     return {'image': image, 'label': label, 'name': name}

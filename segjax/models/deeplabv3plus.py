@@ -30,6 +30,12 @@ class DeepLabV3Plus(nn.Module):
   even in training (like Keras `trainable=False`) and no gradient flows into it.
   Head BatchNorm uses epsilon `bn_epsilon` (1e-5); the backbones keep their
   reference epsilon (1e-3).
+
+  With `aux_head` an FCNHead (3x3 conv of `aux_channels` + BN + ReLU +
+  dropout `aux_dropout` + 1x1 classifier) on the 'stride16' feature (ResNet
+  stage 3) adds upsampled auxiliary logits and the model returns
+  {'logits': ..., 'aux': ...}; training adds loss.aux_weight times their loss
+  (mmsegmentation's DeepLabV3+ recipes: 256 channels, weight 0.4).
   """
   num_classes: int
   backbone: str = 'mobilenetv2'
@@ -51,6 +57,9 @@ class DeepLabV3Plus(nn.Module):
   # Extra backbone arguments, e.g. {'bn_epsilon': 1e-5} for torchvision
   # MobileNetV2 weights (Keras' is the default 1e-3).
   backbone_kwargs: Any = ()
+  aux_head: bool = False
+  aux_channels: int = 256
+  aux_dropout: float = 0.1
 
   def __post_init__(self):
     object.__setattr__(self, 'backbone_kwargs',
@@ -63,6 +72,9 @@ class DeepLabV3Plus(nn.Module):
     if self.aspp_rates is not None and (
         not self.aspp_rates or any(int(r) != r or r < 1 for r in self.aspp_rates)):
       raise ValueError(f'aspp_rates {self.aspp_rates!r} must be positive integers')
+    if self.aux_channels < 1 or not 0.0 <= self.aux_dropout < 1.0:
+      raise ValueError(f'aux_channels {self.aux_channels!r} must be >= 1 and aux_dropout '
+                       f'{self.aux_dropout!r} in [0, 1)')
     layers.check_module_args(self)
     super().__post_init__()
 
@@ -73,7 +85,7 @@ class DeepLabV3Plus(nn.Module):
         dtype=layers.canonical_dtype(self.dtype), **dict(self.backbone_kwargs), **extra)
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array | dict[str, jax.Array]:
     dtype = layers.canonical_dtype(self.dtype)
     h, w = images.shape[1:3]
     encoder = self._encoder()
@@ -103,4 +115,9 @@ class DeepLabV3Plus(nn.Module):
     x = layers.Conv(self.num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
                 name='classifier')(x)
     x = layers.resize_bilinear(x, (h, w))
-    return x.astype(jnp.float32)
+    if not self.aux_head:
+      return x.astype(jnp.float32)
+    aux = layers.FCNHead(self.aux_channels, self.num_classes, self.aux_dropout, self.padding,
+                         **common, name='aux_head')(feats['stride16'], train=train)
+    aux = layers.resize_bilinear(aux, (h, w)).astype(jnp.float32)
+    return {'logits': x.astype(jnp.float32), 'aux': aux}

@@ -187,7 +187,7 @@ def _scan_folder_pair(source: sources.FolderSource, image_path, mask_path,
     raw = sources.decode_mask(mask, name=str(mask_path), mask_format=source.mask_format,
                               palette=spec.palette, ignore_label=spec.ignore_label,
                               void_color=source.void_color)
-    label = source.mapper(raw, name=str(mask_path))
+    label = source.mapper_for(mask_path)(raw, name=str(mask_path))
   except _ERRORS as e:
     stats.problem(mask_path, e)
     return False
@@ -258,6 +258,9 @@ def scan_split(config, split: str, max_examples: int | None = None) -> dict:
   valid = int(stats.class_pixels.sum())
   sizes = sorted(stats.sizes.items(), key=lambda kv: (-kv[1], kv[0]))
   folder = isinstance(source, sources.FolderSource)
+  # Masks read in the alternative encoding (data.alt_mask_suffix, e.g. labelTrainIds).
+  alt_masks = (sum(source.mapper_for(m) is not source.mapper for _, m in source.pairs[:num_read])
+               if folder else 0)
   return {
       'split': split,
       'dataset': data.name,
@@ -289,6 +292,7 @@ def scan_split(config, split: str, max_examples: int | None = None) -> dict:
       'ignore_images': stats.ignore_images,
       'valid_pixels': valid,
       'total_pixels': stats.total_pixels,
+      'alt_masks': alt_masks,
   }
 
 
@@ -305,6 +309,8 @@ def scan(config, splits, max_examples: int | None = None) -> dict:
       'num_classes': int(data.num_classes),
       'ignore_label': int(data.ignore_label),
       'label_map': data.label_map,
+      'alt_mask_suffix': data.alt_mask_suffix,
+      'alt_label_map': data.alt_label_map,
       'mask_format': data.mask_format,
       'max_examples': max_examples,
       'splits': reports,
@@ -347,6 +353,10 @@ def _format_split(r: dict, mask_format: str) -> list[str]:
     lines += _table(('mode', 'images', 'conversion'),
                     [(m, c, r['mode_rules'][m]) for m, c in r['modes'].items()],
                     right=(1,)) + ['']
+  if r.get('alt_masks'):
+    lines.append(f'{r["alt_masks"]} of the {r["num_examples"]} masks are in the alternative '
+                 'encoding (data.alt_mask_suffix), read with data.alt_label_map')
+    lines.append('')
   if r['mask_modes']:
     lines.append(f"Mask modes (mask_format='{mask_format}'):")
     lines += _table(('mode', 'masks', 'read as'),
@@ -375,10 +385,21 @@ def _format_split(r: dict, mask_format: str) -> list[str]:
   return lines + ['']
 
 
+def _short_map(text: str, limit: int = 60) -> str:
+  """A label map for a header line: long ones (ADE20K's 152 entries) cut short."""
+  if len(text) <= limit:
+    return text
+  return f'{text[:limit].rsplit(",", 1)[0]},... ({text.count(",") + 1} entries)'
+
+
 def format_report(report: dict) -> str:
   """The text report of `scan`'s result, ending with a one-line summary."""
   where = f' at {report["root"]}' if report['root'] else ''
-  label_map = f", label_map '{report['label_map']}'" if report['label_map'] else ''
+  label_map = _short_map(report['label_map'])
+  label_map = f", label_map '{label_map}'" if label_map else ''
+  if report.get('alt_mask_suffix'):
+    label_map += (f"; '*{report['alt_mask_suffix']}' masks preferred where present, "
+                  f"alt_label_map '{_short_map(report['alt_label_map']) or 'identity'}'")
   lines = [f'# check_data: {report["dataset"]} dataset{where} ({report["num_classes"]} '
            f'classes, ignore_label {report["ignore_label"]}{label_map})', '']
   for r in report['splits'].values():

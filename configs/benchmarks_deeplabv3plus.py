@@ -116,6 +116,8 @@ def get_config(arg=None):
   c.optimizer.lr = 0.01
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 5e-4
+  # mmsegmentation's SGD (no paramwise_cfg) decays every leaf, norms and biases too.
+  c.optimizer.decay_norms_and_biases = True
   c.schedule.name = 'poly'
   c.schedule.power = 0.9
   c.schedule.end_lr_factor = 1e-4 / 0.01  # PolyLR eta_min=1e-4.

@@ -48,6 +48,7 @@ def test_recipe_holds_the_published_hyperparameters(dataset, backbone):
     assert c.data.num_classes == n and c.augment.scale_range == (0.5, 2.0) and c.augment.hflip
     assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum,
             c.optimizer.weight_decay) == ('sgd', 0.01, 0.9, 5e-4)
+    assert c.optimizer.decay_norms_and_biases  # mmseg decays norms and biases too.
     assert c.eval.mode == 'whole' and c.schedule.warmup_steps == 0
     # PolyLR(power=0.9, eta_min=1e-4): (0.01 - 1e-4) (1 - t / T)^0.9 + 1e-4.
     schedule = optim.make_schedule(c.schedule, c.optimizer.lr, c.total_steps)

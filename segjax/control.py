@@ -111,6 +111,10 @@ class EarlyStopping(_Monitor):
   def load_state_dict(self, state: dict) -> None:
     super().load_state_dict(state)
     self.stopped_step = state['stopped_step']
+    if self.stopped_step is not None and self.wait < self.patience:
+      # Stopped under a smaller patience than this config's: the misses counted
+      # so far no longer reach it, so the run trains on (and stops when they do).
+      self.stopped_step = None
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -210,11 +214,22 @@ class Controller:
       out['reduce_on_plateau'] = self.plateau.state_dict()
     return out
 
-  def load_state_dict(self, state: Optional[dict]) -> None:
+  def load_state_dict(self, state: Optional[dict]) -> list[str]:
     """Restores what was saved; a controller the checkpoint lacks (turned on
-    after it was written) starts fresh."""
+    after it was written) starts fresh. Returns messages for what the config
+    changed: a run that early stopping ended trains on when resumed with a
+    patience above the evaluations it has missed."""
     state = state or {}
+    messages = []
     if self.early_stopping is not None and 'early_stopping' in state:
-      self.early_stopping.load_state_dict(state['early_stopping'])
+      saved = state['early_stopping']
+      self.early_stopping.load_state_dict(saved)
+      e = self.early_stopping
+      if saved.get('stopped_step') is not None and not e.stopped:
+        messages.append(
+            f"early_stopping: this run stopped at step {saved['stopped_step']} after {e.wait} "
+            f'evaluations without improvement; early_stopping.patience is now {e.patience}, '
+            f'so it trains on')
     if self.plateau is not None and 'reduce_on_plateau' in state:
       self.plateau.load_state_dict(state['reduce_on_plateau'])
+    return messages

@@ -385,7 +385,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     latest = None if state is None else int(meta['step'])
     if state is None:
       state = init_state(config, model, tx, mesh)
-    controller.load_state_dict(meta.get('control'))
+    for message in controller.load_state_dict(meta.get('control')):
+      writers.info(message)
     # Saved before its evaluation, which then did not finish: evaluate it first.
     eval_first = bool(meta.get('eval_pending')) and latest is not None
     if float(jax.device_get(state.lr_scale)) != controller.lr_scale:

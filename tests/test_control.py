@@ -68,6 +68,29 @@ def test_state_round_trips_through_json():
   assert control.EarlyStopping('loss', patience=1).state_dict()['best'] == 'inf'
 
 
+def test_a_stopped_run_trains_on_under_a_larger_patience():
+  # Stopped at eval 4 under patience 2 (best at 2, misses at 3 and 4).
+  es = _run_es([0.3, 0.5, 0.4, 0.4], patience=2)
+  assert (es.stopped_step, es.wait) == (4, 2)
+  saved = json.loads(json.dumps(es.state_dict()))
+  c = config_lib.base_config()
+  c.early_stopping.metric = 'mIoU'
+  c.early_stopping.patience = 2
+  same = control.Controller(c)
+  assert same.load_state_dict({'early_stopping': saved}) == [] and same.stopped
+  c.early_stopping.patience = 4
+  more = control.Controller(c)
+  (message,) = more.load_state_dict({'early_stopping': saved})
+  assert 'stopped at step 4 after 2 evaluations' in message and 'patience is now 4' in message
+  assert not more.stopped and more.early_stopping.best_step == 2
+  # The misses already counted still count: two more stop it at eval 6.
+  assert not more.update(5, {'mIoU': 0.45}) and more.update(6, {'mIoU': 0.5})
+  assert more.early_stopping.stopped_step == 6
+  # A run that has not stopped is not told anything.
+  running = control.Controller(c)
+  assert running.load_state_dict({'early_stopping': _run_es([0.3], patience=2).state_dict()}) == []
+
+
 def test_controller_from_config_and_validation():
   c = config_lib.base_config()
   assert control.Controller(c).state_dict() == {} and control.Controller(c).lr_scale == 1.0

@@ -133,6 +133,19 @@ def test_early_stopping_stops_saves_and_stays_stopped(tmp_path, capsys):
   again = train.train_and_evaluate(config, workdir)
   assert 'nothing left to train' in capsys.readouterr().out
   assert again['mIoU'] == pytest.approx(result['mIoU'])
+  # Resumed with a patience above its 2 misses, it trains on; its misses keep
+  # counting (min_delta 1), so patience 4 stops it two evaluations later.
+  more = tiny_config(total_steps=8, eval_every=1, checkpoint_every=8, **{
+      'early_stopping.metric': 'mIoU', 'early_stopping.patience': 4,
+      'early_stopping.min_delta': 1.0})
+  train.train_and_evaluate(more, workdir)
+  out = capsys.readouterr().out
+  assert 'this run stopped at step 3 after 2 evaluations' in out
+  assert 'early_stopping at step 5: val mIoU has not improved by more than 1 for 4 ' in out
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  assert ckpt.latest_step() == 5
+  assert ckpt.read_meta(5)['control']['early_stopping']['stopped_step'] == 5
+  ckpt.close()
 
 
 def test_reduce_on_plateau_scales_the_lr(tmp_path):

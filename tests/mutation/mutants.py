@@ -184,4 +184,9 @@ MUTANTS = (
            'mask = decay_mask',
            ('tests/test_optim.py::test_first_step_by_hand_decays_kernels_only',),
            'optimizer.decay_norms_and_biases=True still skips biases and norms'),
+    Mutant('early_stop_kept_under_larger_patience', 'segjax/control.py',
+           'if self.stopped_step is not None and self.wait < self.patience:',
+           'if self.stopped_step is not None and self.wait < 0:',
+           ('tests/test_control.py::test_a_stopped_run_trains_on_under_a_larger_patience',),
+           'a run early stopping ended stays stopped when resumed with more patience'),
 )

@@ -544,6 +544,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
               save(done)
             if preempted:
               ckpt.wait()
+              # This session's time, so that reports sum every session's.
+              writer.write_scalars(done, {'train_seconds': time.perf_counter() - t_start},
+                                   prefix='time/')
               raise Preempted(done, ckpt_directory)
           if stop:
             break

@@ -148,6 +148,26 @@ def test_early_stopping_stops_saves_and_stays_stopped(tmp_path, capsys):
   ckpt.close()
 
 
+def test_a_sigterm_session_records_its_training_time(tmp_path, monkeypatch):
+  # SIGTERM seen after step 1 (as the flag reports it): the session saves,
+  # writes its time/train_seconds row and raises Preempted; the resumed session
+  # writes its own, and the report's training time is the sum of the two rows.
+  from segjax.tools import report
+  config = tiny_config(total_steps=3, eval_every=3, checkpoint_every=3)
+  workdir = str(tmp_path / 'term')
+  with monkeypatch.context() as m:
+    m.setattr(train._SigtermFlag, 'reached', lambda self, ckpt, step: step == 1)
+    with pytest.raises(train.Preempted, match='saved a checkpoint of step 1'):
+      train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  times = [(r['step'], r['time/train_seconds']) for r in rows if 'time/train_seconds' in r]
+  assert [step for step, _ in times] == [1, 3] and all(t > 0 for _, t in times)
+  text = report.build_report(workdir, str(tmp_path / 'report'))
+  assert f'{sum(t for _, t in times):.1f} s (all sessions)' in text
+
+
 def test_reduce_on_plateau_scales_the_lr(tmp_path):
   overrides = {'reduce_on_plateau.metric': 'loss', 'reduce_on_plateau.patience': 1,
                'reduce_on_plateau.min_delta': 100.0, 'reduce_on_plateau.factor': 0.5,

@@ -8,7 +8,11 @@ Arguments (after ':' in --config, comma-separated):
                        1400 steps of batch 8, which train on a 2-core CPU in 14 min 19 s
   split=NAME           train (default): train on train (367), select on val (101);
                        trainval: train on train+val (468), as the literature's final
-                       models (val numbers then are training-set numbers)
+                       models (val numbers then are training-set numbers); heldout:
+                       train on the other sequences plus val (train[62:] + val, 406)
+                       and validate on the 62 frames of sequence 0001TP (train[:62]),
+                       a sequence no training frame comes from (val's 0016E5 also
+                       supplies 204 training frames)
   class_weights=NAME   sqrt (default): square roots of SegNet's median-frequency
                        weights; median: the weights themselves; none
   output_stride=N      16 or 8 (default: 16 for full, 8 for cpu, where it measured
@@ -48,8 +52,8 @@ def _args(arg):
                        output_stride=0, crop='', steps=0, backbone='mobilenetv2')
   if a.recipe not in RECIPES:
     raise ValueError(f'recipe={a.recipe!r}: expected one of {RECIPES}')
-  if a.split not in ('train', 'trainval'):
-    raise ValueError(f"split={a.split!r}: expected 'train' or 'trainval'")
+  if a.split not in ('train', 'trainval', 'heldout'):
+    raise ValueError(f"split={a.split!r}: expected 'train', 'trainval' or 'heldout'")
   if a.output_stride not in (0, 8, 16):
     raise ValueError(f'output_stride={a.output_stride}: expected 8 or 16')
   if a.backbone not in ('mobilenetv2', 'xception65'):
@@ -73,6 +77,9 @@ def get_config(arg=None):
   common.apply(c, common.DATASETS['camvid'])
   if a.split == 'trainval':
     c.data.train_split = 'train+val'
+  elif a.split == 'heldout':
+    c.data.train_split = common.CAMVID_HELDOUT_TRAIN_SPLIT
+    c.data.val_split = common.CAMVID_HELDOUT_VAL_SPLIT
   c.model.name = 'deeplabv3plus'
   c.model.backbone = a.backbone
   c.model.output_stride = a.output_stride or (16 if a.recipe == 'full' else 8)

@@ -51,8 +51,8 @@ def get_config(arg=None):
   c.data.palette = common.CAMVID_PALETTE + (VOID_COLOR,)
   c.data.label_map = ''
   if a.split == 'heldout':
-    # Natural order puts 0001TP's 62 frames first in train/.
-    c.data.train_split, c.data.val_split = 'train[62:]+val', 'train[:62]'
+    c.data.train_split = common.CAMVID_HELDOUT_TRAIN_SPLIT
+    c.data.val_split = common.CAMVID_HELDOUT_VAL_SPLIT
   c.data.resize = (224, 224)
   c.data.crop_size = (224, 224)
   c.data.mean = (127.5, 127.5, 127.5)  # x / 127.5 - 1

@@ -31,6 +31,9 @@ CAMVID_CLASS_WEIGHTS = (0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 
 # Their square roots: the full weights (up to 9.6) made the short CPU run
 # over-predict SignSymbol and Pedestrian (val mIoU 0.32).
 CAMVID_SQRT_CLASS_WEIGHTS = tuple(round(w**0.5, 4) for w in CAMVID_CLASS_WEIGHTS)
+# A validation sequence no training frame comes from: the 62 frames of 0001TP
+# (first in train/ in natural order) against the other sequences plus val.
+CAMVID_HELDOUT_TRAIN_SPLIT, CAMVID_HELDOUT_VAL_SPLIT = 'train[62:]+val', 'train[:62]'
 
 DATASETS = {
     'synthetic': {

@@ -42,6 +42,7 @@ CONFIG_ARGS = {
                          'version=2,backbone=resnet50', 'crf', 'dataset=camvid,crf',
                          'dataset=folder'],
     'camvid.py': ['', 'recipe=cpu', 'split=trainval', 'recipe=cpu,split=trainval',
+                  'recipe=cpu,split=heldout',
                   'class_weights=none', 'class_weights=median,output_stride=8',
                   'recipe=cpu,crop=96x144,steps=200', 'backbone=xception65'],
     'pets_unet_tutorial.py': ['', 'dataset=synthetic', 'dataset=synthetic,steps=20'],

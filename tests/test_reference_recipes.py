@@ -303,6 +303,10 @@ def test_recipes_as_written():
   assert sep.checkpoint.best_metric == 'aAcc'
   held = load('camvid_sepres_fcn.py', 'split=heldout,lab')
   assert held.data.input_channels == 'bgr_lab'
+  # The DeepLabV3+ CamVid recipe holds out the same sequence.
+  recipe = load('camvid.py', 'recipe=cpu,split=heldout')
+  assert (recipe.data.train_split, recipe.data.val_split) == (
+      held.data.train_split, held.data.val_split) == ('train[62:]+val', 'train[:62]')
   root = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'camvid')
   if os.path.isdir(root):  # The held-out split is exactly sequence 0001TP.
     held.data.root = root
